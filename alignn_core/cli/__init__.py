@@ -1,0 +1,1 @@
+"""The ``alignn`` command line (Typer + rich)."""

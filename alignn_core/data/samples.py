@@ -1,0 +1,76 @@
+"""Samples (one graph + its targets) and batches as the training loop sees them.
+
+Graph batching belongs to the graph backend; targets are batched here, the same way for every
+backend: graph-level targets stack to ``[B, ...]``, per-atom ones concatenate to ``[N, ...]``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from alignn_core.structures import Record
+
+GRAPH_TARGETS = ("target", "stress", "additional")
+ATOM_TARGETS = ("forces", "atomwise")
+
+
+@dataclass
+class Sample:
+    id: str
+    index: int
+    graph: Any
+    targets: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+@dataclass
+class Batch:
+    ids: list[str]
+    indices: list[int]
+    graph: Any
+    targets: dict[str, torch.Tensor]
+
+    def to(self, device: torch.device | str) -> Batch:
+        return Batch(
+            ids=self.ids,
+            indices=self.indices,
+            graph=self.graph.to(device),
+            targets={k: v.to(device) for k, v in self.targets.items()},
+        )
+
+
+def record_targets(record: Record, target_scale: float | None = None) -> dict[str, np.ndarray]:
+    """The arrays a sample carries for its loss terms."""
+    target = record.target * target_scale if target_scale is not None else record.target
+    targets = {"target": target}
+    for name in ("forces", "stress", "atomwise", "additional"):
+        value = getattr(record, name)
+        if value is not None:
+            targets[name] = value
+    return targets
+
+
+def make_collate(collate_graphs: Callable[[Sequence[Any]], Any], dtype: torch.dtype):
+    """A DataLoader ``collate_fn`` that batches graphs with the backend and targets here."""
+
+    def collate(samples: Sequence[Sample]) -> Batch:
+        targets = {}
+        for name in samples[0].targets:
+            arrays = [np.asarray(s.targets[name]) for s in samples]
+            if name in ATOM_TARGETS:
+                stacked = np.concatenate(arrays)
+            else:
+                stacked = np.stack(arrays)
+            targets[name] = torch.as_tensor(stacked, dtype=dtype)
+        return Batch(
+            ids=[s.id for s in samples],
+            indices=[s.index for s in samples],
+            graph=collate_graphs([s.graph for s in samples]),
+            targets=targets,
+        )
+
+    return collate

@@ -1,0 +1,366 @@
+"""``alignn run``: from a validated config and a data directory to a trained model on disk.
+
+Data flow: read records -> upstream-compatible split -> graphs (dataset provider + graph backend
+of the model's plugin) -> training epochs (best model chosen on the validation set) -> the best
+weights evaluated on every split -> predictions, history, report.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+from torch.utils.data import DataLoader
+
+from alignn_core.data.samples import make_collate
+from alignn_core.data.splits import overlap_count, split_indices
+from alignn_core.errors import ConfigError, PluginError, UserError
+from alignn_core.io.id_prop import DataKeys, read_dataset
+from alignn_core.plugins import FIRST_PARTY_BACKENDS, get_registry
+from alignn_core.training import outputs
+from alignn_core.training.atomic import load_torch, save_json, save_torch
+from alignn_core.training.evaluation import EpochStats, autocast_context, evaluate
+from alignn_core.training.losses import compute_losses
+from alignn_core.training.optim import make_optimizer, make_scheduler
+from alignn_core.training.report import write_report
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16,
+          "bfloat": torch.bfloat16, "bfloat16": torch.bfloat16}  # fmt: skip
+FINISHED_MARKER = "run_summary.json"
+
+
+@dataclass
+class RunSummary:
+    output_dir: Path
+    epochs_run: int
+    best_epoch: int
+    metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def unsupported_settings(config) -> list[str]:
+    """Fields we reject rather than silently ignore (upstream accepts and ignores or breaks)."""
+    problems = []
+    if config.dataset != "user_data":
+        problems.append(
+            f"dataset {config.dataset!r} would need a download; set dataset to 'user_data' "
+            "and pass the data folder with --root-dir"
+        )
+    if config.criterion in ("poisson", "zig"):
+        problems.append(f"criterion {config.criterion!r} is not supported; use 'mse' or 'l1'")
+    if config.distributed or config.data_parallel:
+        problems.append("distributed/data_parallel training is not available yet; set both false")
+    if config.save_dataloader:
+        problems.append("save_dataloader pickles DataLoaders (unsafe to reload); set it false")
+    if config.log_tensorboard:
+        problems.append("log_tensorboard is not supported; per-epoch metrics are in history.json")
+    if config.standard_scalar_and_pca:
+        problems.append("standard_scalar_and_pca is not supported (upstream never applies it "
+                        "to training targets); set it false")  # fmt: skip
+    return problems
+
+
+def resolve_device(name: str | None) -> torch.device:
+    if name:
+        return torch.device(name)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def seed_everything(seed: int | None, deterministic: bool) -> None:
+    if seed is None:
+        return
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+class Trainer:
+    """One training run. Construct, then :meth:`run`."""
+
+    def __init__(self, config, *, root_dir: Path, output_dir: Path, console: Console | None = None,
+                 device: str | None = None, overwrite: bool = False):  # fmt: skip
+        self.config = config
+        self.root_dir = Path(root_dir)
+        self.output_dir = Path(output_dir)
+        self.console = console or Console()
+        self.device = resolve_device(device)
+        self.overwrite = overwrite
+        self.dtype = DTYPES[config.dtype]
+        self.registry = get_registry()
+        self.model_plugin = self.registry.get("models", config.model.name)
+        backend_name = self.model_plugin.backend
+        if backend_name not in self.registry.graph_backends:
+            hint = FIRST_PARTY_BACKENDS.get(backend_name, "install the plugin that provides it")
+            raise PluginError(
+                f"model {config.model.name!r} needs graph backend {backend_name!r}, "
+                f"which no installed plugin provides; {hint}"
+            )
+        self.backend = self.registry.graph_backends[backend_name]
+        if config.neighbor_strategy not in self.backend.neighbor_strategies:
+            raise ConfigError(
+                f"neighbor_strategy {config.neighbor_strategy!r} is not supported by graph "
+                f"backend {backend_name!r} (supported: "
+                f"{', '.join(sorted(self.backend.neighbor_strategies))})"
+            )
+        problems = unsupported_settings(config)
+        if problems:
+            raise ConfigError(problems[0])
+        self.weights = config.model.loss_weights()
+        self.classification = bool(getattr(config.model, "classification", False))
+
+    # -- set-up -------------------------------------------------------------------------
+    def _prepare_output_dir(self) -> None:
+        out = self.output_dir
+        if (out / FINISHED_MARKER).exists() and not (self.overwrite or self.config.resume_checkpoint):
+            raise UserError(
+                f"{out}: holds a finished run; choose another --output-dir, pass --overwrite, "
+                "or set resume_checkpoint to continue it"
+            )
+        out.mkdir(parents=True, exist_ok=True)
+        save_json(self.config.model_dump(mode="json"), out / "config.json")
+
+    def _read_records(self):
+        records = read_dataset(self.root_dir, DataKeys.from_config(self.config), self.weights,
+                               self.config.file_format)  # fmt: skip
+        threshold = self.config.classification_threshold
+        if threshold is not None:
+            for record in records:
+                record.target = (record.target > threshold).astype(np.float64)
+        return records
+
+    def _datasets(self, records, split):
+        provider_name = "lmdb" if self.config.use_lmdb and "lmdb" in self.registry.datasets else "memory"
+        provider = self.registry.datasets[provider_name]
+        settings = self.config.graph_settings
+        datasets = {}
+        total = len(split.train) + len(split.val) + len(split.test)
+        with self._progress() as progress:
+            task = progress.add_task("building graphs", total=total)
+            for name in ("train", "val", "test"):
+                datasets[name] = provider.open(
+                    records, indices=getattr(split, name), backend=self.backend,
+                    settings=settings, split=name, cache_dir=self.output_dir / "cache",
+                    read_existing=self.config.read_existing,
+                    target_scale=self.config.target_multiplication_factor,
+                    progress=lambda: progress.advance(task),
+                )  # fmt: skip
+        return datasets
+
+    def _progress(self) -> Progress:
+        return Progress(
+            TextColumn("[bold blue]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TimeRemainingColumn(), console=self.console, transient=True,
+            disable=not self.config.progress,
+        )  # fmt: skip
+
+    def _loader(self, dataset, shuffle: bool, batch_size: int, generator=None) -> DataLoader:
+        return DataLoader(
+            dataset, batch_size=batch_size, shuffle=shuffle, generator=generator,
+            collate_fn=make_collate(self.backend.collate, self.dtype),
+            num_workers=self.config.num_workers, pin_memory=self.config.pin_memory,
+            persistent_workers=self.config.num_workers > 0,
+        )  # fmt: skip
+
+    # -- the run --------------------------------------------------------------------------
+    def run(self) -> RunSummary:
+        config = self.config
+        start = time.perf_counter()
+        self._prepare_output_dir()
+        self._notices()
+        records = self._read_records()
+        split = split_indices(len(records), config)
+        overlap = overlap_count(records, split.val, split.test)
+        if overlap:
+            self.console.print(
+                f"[yellow]warning:[/] {overlap} of {len(split.test)} test structures also appear "
+                "in the validation set: the best model is then selected on test data"
+            )
+        save_json(
+            {f"id_{name}": [records[i].id for i in getattr(split, name)]
+             for name in ("train", "val", "test")},
+            self.output_dir / "ids_train_val_test.json",
+        )  # fmt: skip
+        self.console.print(
+            f"{len(records)} structures: {len(split.train)} train, {len(split.val)} val, "
+            f"{len(split.test)} test; device {self.device}"
+        )
+        datasets = self._datasets(records, split)
+        seed_everything(config.random_seed, config.deterministic)
+        model = self.model_plugin.build(config.model).to(self.device, self.dtype)
+        generator = torch.Generator()
+        if config.random_seed is not None:
+            generator.manual_seed(config.random_seed)
+        train_loader = self._loader(datasets["train"], True, config.batch_size, generator)
+        val_loader = self._loader(datasets["val"], False, config.batch_size)
+        optimizer = make_optimizer(model, config)
+        scheduler = make_scheduler(optimizer, config, len(train_loader))
+        history, best_loss, best_epoch, first_epoch = [], float("inf"), 0, 0
+        if config.resume_checkpoint:
+            first_epoch, best_loss, best_epoch, history = self._resume(model, optimizer, scheduler)
+
+        stale = 0
+        epoch = first_epoch
+        for epoch in range(first_epoch, config.epochs):
+            t0 = time.perf_counter()
+            train_stats = self._train_epoch(model, train_loader, optimizer, scheduler, epoch)
+            val_stats, _ = evaluate(model, val_loader, self.device, self.weights,
+                                    config.criterion, self.classification,
+                                    config.normalize_graph_level_loss)  # fmt: skip
+            improved = val_stats.loss < best_loss
+            if improved:
+                best_loss, best_epoch, stale = val_stats.loss, epoch + 1, 0
+                if config.write_checkpoint:
+                    save_torch(model.state_dict(), self.output_dir / "best_model.pt")
+            else:
+                stale += 1
+            history.append({"epoch": epoch + 1, "train": train_stats.as_dict(),
+                            "val": val_stats.as_dict(), "lr": scheduler.get_last_lr()[0],
+                            "seconds": time.perf_counter() - t0})  # fmt: skip
+            self._save_epoch(model, optimizer, scheduler, epoch, best_loss, best_epoch, history)
+            self._print_epoch(history[-1], improved)
+            if config.n_early_stopping is not None and stale >= config.n_early_stopping:
+                self.console.print(f"early stopping: no val improvement for {stale} epochs")
+                break
+        epochs_run = len(history)
+        if config.write_checkpoint:
+            save_torch(model.state_dict(), self.output_dir / "last_model.pt")
+        if (self.output_dir / "best_model.pt").exists():
+            model.load_state_dict(load_torch(self.output_dir / "best_model.pt"))
+        summary = RunSummary(self.output_dir, epochs_run, best_epoch)
+        summary.metrics = self._final_evaluation(model, datasets, history)
+        summary.seconds = time.perf_counter() - start
+        save_json({"epochs_run": epochs_run, "best_epoch": best_epoch,
+                   "metrics": summary.metrics, "seconds": summary.seconds},
+                  self.output_dir / FINISHED_MARKER)  # fmt: skip
+        self._print_summary(summary)
+        return summary
+
+    def _notices(self) -> None:
+        config = self.config
+        if config.criterion != "l1":
+            self.console.print(
+                f"note: criterion {config.criterion!r} is honoured; upstream ALIGNN trains "
+                "with L1 whatever criterion says, so its numbers on this config will differ"
+            )
+        if "warmup_steps" in config.model_fields_set and config.warmup_steps != 2000:
+            self.console.print(
+                "note: warmup_steps is ignored, as upstream: OneCycle warms up over the first "
+                "30% of steps"
+            )
+
+    def _train_epoch(self, model, loader, optimizer, scheduler, epoch: int) -> EpochStats:
+        config = self.config
+        model.train()
+        stats = EpochStats()
+        with self._progress() as progress:
+            task = progress.add_task(f"epoch {epoch + 1}/{config.epochs}", total=len(loader))
+            for batch in loader:
+                batch = batch.to(self.device)
+                with autocast_context(self.device, config.use_amp):
+                    output = model(batch.graph)
+                output = {k: v.float() if v.dtype == torch.bfloat16 else v for k, v in output.items()}
+                result = compute_losses(
+                    output, batch.targets, self.weights, config.criterion, self.classification,
+                    batch.graph.atoms_per_graph(), config.normalize_graph_level_loss,
+                )  # fmt: skip
+                optimizer.zero_grad(set_to_none=True)
+                result.total.backward()
+                optimizer.step()
+                if config.scheduler == "onecycle":
+                    scheduler.step()
+                stats.add(result, len(batch.ids))
+                progress.advance(task)
+        if config.scheduler != "onecycle":
+            scheduler.step()
+        return stats
+
+    def _save_epoch(self, model, optimizer, scheduler, epoch, best_loss, best_epoch, history):
+        out = self.output_dir
+        if self.config.write_checkpoint:
+            save_torch(model.state_dict(), out / "current_model.pt")
+            save_torch(
+                {"epoch": epoch + 1, "optimizer": optimizer.state_dict(),
+                 "scheduler": scheduler.state_dict(), "best_loss": best_loss,
+                 "best_epoch": best_epoch, "torch_rng": torch.get_rng_state()},
+                out / "current_state.pt",
+            )  # fmt: skip
+        save_json(history, out / "history.json")
+        for split in ("train", "val"):
+            rows = [[h[split].get(f"{t}_loss", 0.0) for t in ("", "graph", "atomwise", "forces",
+                     "stress", "additional")] for h in history]  # fmt: skip
+            for row, h in zip(rows, history):
+                row[0] = h[split]["loss"]
+            save_json(rows, out / f"history_{split}.json")
+
+    def _resume(self, model, optimizer, scheduler):
+        out = self.output_dir
+        state_path, model_path = out / "current_state.pt", out / "current_model.pt"
+        if not state_path.exists() or not model_path.exists():
+            raise UserError(f"{out}: resume_checkpoint is set but there is no current_state.pt "
+                            "and current_model.pt to resume from")  # fmt: skip
+        model.load_state_dict(load_torch(model_path))
+        state = load_torch(state_path)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["torch_rng"])
+        history_path = out / "history.json"
+        history = json.loads(history_path.read_text()) if history_path.exists() else []
+        history = history[: state["epoch"]]
+        self.console.print(f"resuming after epoch {state['epoch']}")
+        return state["epoch"], state["best_loss"], state.get("best_epoch", 0), history
+
+    def _final_evaluation(self, model, datasets, history) -> dict[str, dict[str, float]]:
+        config = self.config
+        predictions, metrics = {}, {}
+        for name in ("train", "val", "test"):
+            if len(datasets[name]) == 0:
+                continue
+            loader = self._loader(datasets[name], False, config.batch_size)
+            _, rows = evaluate(model, loader, self.device, self.weights, config.criterion,
+                               self.classification, config.normalize_graph_level_loss,
+                               collect=True)  # fmt: skip
+            predictions[name] = rows
+            metrics[name] = outputs.split_metrics(rows)
+            if config.write_predictions:
+                outputs.write_predictions(self.output_dir, name, rows, self.classification)
+            if config.store_outputs:
+                outputs.write_results_json(self.output_dir, name.capitalize(), rows)
+        if config.write_predictions and "test" in predictions and not self.classification and \
+                len(predictions["test"][0]["target"]) == 1:  # fmt: skip
+            outputs.write_upstream_test_csv(self.output_dir, predictions["test"])
+        if history:
+            write_report(self.output_dir / "report.png", history, predictions)
+        return metrics
+
+    # -- console --------------------------------------------------------------------------
+    def _print_epoch(self, entry: dict, improved: bool) -> None:
+        def fmt(stats: dict) -> str:
+            maes = "  ".join(f"{k[:-4]} MAE {v:.4g}" for k, v in stats.items() if k.endswith("_mae"))
+            return f"loss {stats['loss']:.4g}  {maes}"
+
+        mark = "  [green]* best[/]" if improved else ""
+        self.console.print(
+            f"epoch {entry['epoch']:>3}  train {fmt(entry['train'])} | val {fmt(entry['val'])}"
+            f"  ({entry['seconds']:.1f}s){mark}"
+        )
+
+    def _print_summary(self, summary: RunSummary) -> None:
+        table = Table(title=f"Best model (epoch {summary.best_epoch}) on each split")
+        table.add_column("split")
+        keys = sorted({k for m in summary.metrics.values() for k in m})
+        for key in keys:
+            table.add_column(key.replace("_", " "), justify="right")
+        for split, metrics in summary.metrics.items():
+            table.add_row(split, *[f"{metrics[k]:.4g}" if k in metrics else "" for k in keys])
+        self.console.print(table)
+        self.console.print(f"outputs in {summary.output_dir} ({summary.seconds:.1f}s)")
