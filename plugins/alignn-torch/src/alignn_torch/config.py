@@ -1,0 +1,146 @@
+"""Config of the ``alignn_atomwise_pure`` model: upstream's fields, types and defaults.
+
+Fields that upstream accepts but ignores are accepted here too and produce a load-time warning
+instead of silence (``include_pos_deriv``, ``extra_features``, ``zero_inflated``).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Literal
+
+from pydantic import Field, model_validator
+
+from alignn_core.config.model import LossWeights, ModelConfig
+
+if TYPE_CHECKING:
+    from alignn_core.config.training import TrainingConfigBase
+
+
+class AtomwiseFields(ModelConfig):
+    """Fields shared by the DGL ``alignn_atomwise`` and the pure ``alignn_atomwise_pure``."""
+
+    alignn_layers: int = Field(default=2, ge=0)
+    gcn_layers: int = Field(default=2, ge=0)
+    atom_input_features: int = Field(default=1, ge=1)
+    edge_input_features: int = Field(default=80, ge=2)
+    triplet_input_features: int = Field(default=40, ge=2)
+    embedding_features: int = Field(default=64, ge=1)
+    hidden_features: int = Field(default=64, ge=1)
+    output_features: int = Field(default=1, ge=1)
+    grad_multiplier: int = -1
+    calculate_gradient: bool = True
+    atomwise_output_features: int = Field(default=0, ge=0)
+    graphwise_weight: float = 1.0
+    gradwise_weight: float = 1.0
+    stresswise_weight: float = 0.0
+    atomwise_weight: float = 0.0
+    link: Literal["identity", "log", "logit"] = "identity"
+    zero_inflated: bool = False
+    classification: bool = False
+    force_mult_natoms: bool = False
+    energy_mult_natoms: bool = True
+    include_pos_deriv: bool = False
+    use_cutoff_function: bool = False
+    inner_cutoff: float = Field(default=3.0, gt=0)
+    stress_multiplier: float = 1.0
+    add_reverse_forces: bool = True
+    lg_on_fly: bool = True
+    batch_stress: bool = True
+    multiply_cutoff: bool = False
+    use_penalty: bool = True
+    extra_features: int = Field(default=0, ge=0)
+    exponent: int = Field(default=5, ge=1)
+    penalty_factor: float = 0.1
+    penalty_threshold: float = 1.0
+    additional_output_features: int = Field(default=0, ge=0)
+    additional_output_weight: float = 0.0
+
+    @property
+    def computes_gradient(self) -> bool:
+        """Upstream turns force (and stress) computation off when ``gradwise_weight`` is 0."""
+        return self.calculate_gradient and self.gradwise_weight != 0
+
+    def loss_weights(self) -> LossWeights:
+        grad = self.computes_gradient
+        return LossWeights(
+            graph=self.graphwise_weight,
+            forces=self.gradwise_weight if grad else 0.0,
+            stress=self.stresswise_weight if grad else 0.0,
+            atomwise=self.atomwise_weight if self.atomwise_output_features > 0 else 0.0,
+            additional=self.additional_output_weight if self.additional_output_features else 0.0,
+        )
+
+    def check(self, training: TrainingConfigBase) -> list[str]:
+        warnings = super().check(training)
+        if self.calculate_gradient and self.gradwise_weight == 0:
+            warnings.append(
+                "model.gradwise_weight is 0, so calculate_gradient is turned off: no forces or "
+                "stress are computed or trained (set gradwise_weight > 0 to train forces)"
+            )
+        if not self.batch_stress and training.batch_size > 1:
+            warnings.append(
+                "model.batch_stress=false is ignored: stress is always computed per structure "
+                "(upstream's DGL model would return one stress for the whole batch)"
+            )
+        if self.include_pos_deriv:
+            warnings.append(
+                f"model.include_pos_deriv=true is ignored by {self.name}: forces are exact "
+                "derivatives through the edge vectors already"
+            )
+        if self.extra_features:
+            warnings.append(f"model.extra_features={self.extra_features} is ignored by {self.name}")
+        if self.atomwise_weight and not self.atomwise_output_features:
+            warnings.append(
+                "model.atomwise_weight is set but atomwise_output_features is 0: no per-atom "
+                "head exists, so the atomwise loss is not trained"
+            )
+        if self.stresswise_weight and not self.computes_gradient:
+            warnings.append("model.stresswise_weight is set but forces are off: stress is not trained")
+        if self.classification and training.classification_threshold is None:
+            raise ValueError(
+                "model.classification is true but classification_threshold is not set; "
+                "set classification_threshold to binarise the targets"
+            )
+        return warnings
+
+
+class ALIGNNAtomWisePureConfig(AtomwiseFields):
+    """``alignn_atomwise_pure``: the DGL-free ALIGNN force-field/property model."""
+
+    name: Literal["alignn_atomwise_pure"]
+    penalty_factor: float = 0.5
+    three_body_cutoff: float = Field(default=3.5, gt=0)
+    use_zbl: bool | None = None
+    zbl_cutoff: float = Field(default=0.9, gt=0)
+    conv_type: Literal["alignn", "n_alignn", "t_alignn"] = "alignn"
+    num_heads: int = Field(default=1, ge=1)
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> ALIGNNAtomWisePureConfig:
+        if self.conv_type != "alignn" and self.hidden_features % self.num_heads:
+            raise ValueError(
+                f"hidden_features ({self.hidden_features}) must be divisible by num_heads "
+                f"({self.num_heads}) for conv_type {self.conv_type!r}"
+            )
+        return self
+
+    @property
+    def zbl_enabled(self) -> bool:
+        """``use_zbl`` None means: on whenever forces are computed (upstream's rule)."""
+        return self.computes_gradient if self.use_zbl is None else (
+            self.use_zbl and self.computes_gradient
+        )
+
+    def check(self, training: TrainingConfigBase) -> list[str]:
+        warnings = super().check(training)
+        graph_tbc = training.graph_settings.triplet_cutoff
+        if graph_tbc is None:  # k-nearest/radius graphs keep every triplet, as upstream does
+            return warnings
+        if "three_body_cutoff" in self.model_fields_set and self.three_body_cutoff != graph_tbc:
+            raise ValueError(
+                f"model.three_body_cutoff ({self.three_body_cutoff}) differs from the graph's "
+                f"three_body_cutoff ({graph_tbc}); exported models would use different triplets "
+                "than training did: make them equal"
+            )
+        self.three_body_cutoff = graph_tbc
+        return warnings

@@ -1,0 +1,1 @@
+"""Hook implementations of the TorchScript plugin (none yet: see the package docstring)."""
