@@ -74,13 +74,16 @@ def resolve_device(name: str | None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def seed_everything(seed: int | None, deterministic: bool) -> None:
+def seed_everything(seed: int | None, deterministic: bool, device: torch.device) -> None:
+    """Seed every generator. On CPU a seeded run is also bitwise reproducible: deterministic
+    algorithms make threaded ``index_add_`` accumulate in a fixed order. On CUDA that costs
+    speed, so it needs ``deterministic: true``."""
     if seed is None:
         return
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-    if deterministic:
+    if deterministic or device.type == "cpu":
         torch.use_deterministic_algorithms(True, warn_only=True)
 
 
@@ -145,7 +148,7 @@ class Trainer:
         datasets = {}
         total = len(split.train) + len(split.val) + len(split.test)
         with self._progress() as progress:
-            task = progress.add_task("building graphs", total=total)
+            task = progress.add_task("building graphs", total=total, info="")
             for name in ("train", "val", "test"):
                 datasets[name] = provider.open(
                     records, indices=getattr(split, name), backend=self.backend,
@@ -159,7 +162,8 @@ class Trainer:
     def _progress(self) -> Progress:
         return Progress(
             TextColumn("[bold blue]{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TimeRemainingColumn(), console=self.console, transient=True,
+            TimeRemainingColumn(), TextColumn("{task.fields[info]}"), console=self.console,
+            transient=True,
             disable=not self.config.progress,
         )  # fmt: skip
 
@@ -195,7 +199,7 @@ class Trainer:
             f"{len(split.test)} test; device {self.device}"
         )
         datasets = self._datasets(records, split)
-        seed_everything(config.random_seed, config.deterministic)
+        seed_everything(config.random_seed, config.deterministic, self.device)
         model = self.model_plugin.build(config.model).to(self.device, self.dtype)
         generator = torch.Generator()
         if config.random_seed is not None:
@@ -247,23 +251,28 @@ class Trainer:
 
     def _notices(self) -> None:
         config = self.config
+        notes = []
         if config.criterion != "l1":
-            self.console.print(
-                f"note: criterion {config.criterion!r} is honoured; upstream ALIGNN trains "
-                "with L1 whatever criterion says, so its numbers on this config will differ"
+            notes.append(
+                f"criterion {config.criterion!r} is honoured; upstream ALIGNN trains with L1 "
+                "whatever criterion says, so its numbers on this config will differ"
             )
         if "warmup_steps" in config.model_fields_set and config.warmup_steps != 2000:
-            self.console.print(
-                "note: warmup_steps is ignored, as upstream: OneCycle warms up over the first "
-                "30% of steps"
-            )
+            notes.append("warmup_steps is ignored, as upstream: OneCycle warms up over the "
+                         "first 30% of steps")  # fmt: skip
+        if config.use_lmdb and "lmdb" not in self.registry.datasets:
+            notes.append("use_lmdb is true but no LMDB cache plugin is installed: graphs are "
+                         "built in memory")  # fmt: skip
+        for note in notes:
+            self.console.print(f"note: {note}", soft_wrap=True, highlight=False)
 
     def _train_epoch(self, model, loader, optimizer, scheduler, epoch: int) -> EpochStats:
         config = self.config
         model.train()
         stats = EpochStats()
         with self._progress() as progress:
-            task = progress.add_task(f"epoch {epoch + 1}/{config.epochs}", total=len(loader))
+            task = progress.add_task(f"epoch {epoch + 1}/{config.epochs}", total=len(loader),
+                                     info="")  # fmt: skip
             for batch in loader:
                 batch = batch.to(self.device)
                 with autocast_context(self.device, config.use_amp):
@@ -279,7 +288,8 @@ class Trainer:
                 if config.scheduler == "onecycle":
                     scheduler.step()
                 stats.add(result, len(batch.ids))
-                progress.advance(task)
+                maes = " ".join(f"{k} MAE {v:.3g}" for k, v in stats.maes.items())
+                progress.update(task, advance=1, info=f"loss {stats.loss:.4g} {maes}")
         if config.scheduler != "onecycle":
             scheduler.step()
         return stats
@@ -351,7 +361,8 @@ class Trainer:
         mark = "  [green]* best[/]" if improved else ""
         self.console.print(
             f"epoch {entry['epoch']:>3}  train {fmt(entry['train'])} | val {fmt(entry['val'])}"
-            f"  ({entry['seconds']:.1f}s){mark}"
+            f"  ({entry['seconds']:.1f}s){mark}",
+            soft_wrap=True,
         )
 
     def _print_summary(self, summary: RunSummary) -> None:
