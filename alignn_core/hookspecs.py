@@ -34,4 +34,4 @@ def register_exporters(register):
 
 @hookspec
 def register_commands(cli):
-    """Add Typer commands or sub-apps to the ``alignn`` CLI (``cli`` is the root ``typer.Typer``)."""
+    """Add Typer commands or sub-apps to the ``alignn`` CLI (``cli``: the root ``typer.Typer``)."""

@@ -90,7 +90,6 @@ def load_plugins() -> pluggy.PluginManager:
     return pm
 
 
-
 @dataclass
 class Registry:
     """Everything the loaded plugins registered, by kind and name, with the owning plugin."""
@@ -105,7 +104,9 @@ class Registry:
         items = getattr(self, kind)
         if name not in items:
             available = ", ".join(sorted(items)) or "none"
-            raise PluginError(f"no {kind[:-1].replace('_', ' ')} named {name!r} (available: {available})")
+            raise PluginError(
+                f"no {kind[:-1].replace('_', ' ')} named {name!r} (available: {available})"
+            )
         return items[name]
 
 
@@ -181,7 +182,9 @@ def plugin_infos() -> list[PluginInfo]:
         dist = _distributions.get(name)
         hooks = sorted(impl.name for impl in manager.get_hookcallers(plugin) or [])
         registers = {
-            kind: sorted(n for (k, n), owner in registry.owners.items() if k == kind and owner == name)
+            kind: sorted(
+                n for (k, n), owner in registry.owners.items() if k == kind and owner == name
+            )
             for kind in KIND_HOOKS
         }
         infos.append(

@@ -69,7 +69,8 @@ def test_plugins_list_json_shows_first_and_third_party(run_cli):
     plugins = {p["name"]: p for p in json.loads(out)}
     assert plugins["torch"]["distribution"] == "alignn-torch"
     assert plugins["torch"]["registers"] == {
-        "graph_backends": ["torch"], "models": ["alignn_atomwise_pure"]
+        "graph_backends": ["torch"],
+        "models": ["alignn_atomwise_pure"],
     }
     assert plugins["dgl"]["registers"] == {"models": ["alignn_atomwise"]}
     assert plugins["example"]["distribution"] == "alignn-example-plugin"

@@ -11,7 +11,9 @@ from alignn_core.errors import ConfigError
 from tests.conftest import EXAMPLES, REPO
 
 SHARED = REPO.parent / "shared" / "data"
-UPSTREAM_CONFIGS = sorted(SHARED.glob("*/config*.json")) + sorted(SHARED.glob("mlearn/*/config*.json"))
+UPSTREAM_CONFIGS = sorted(SHARED.glob("*/config*.json")) + sorted(
+    SHARED.glob("mlearn/*/config*.json")
+)
 
 PURE = {"name": "alignn_atomwise_pure", "atom_input_features": 92}
 
@@ -120,7 +122,9 @@ def test_model_three_body_cutoff_follows_the_graph():
 
 def test_bundled_examples_validate():
     for name in ("props", "ff"):
-        assert load_config(EXAMPLES / name / "config.json").config.model.name == "alignn_atomwise_pure"
+        assert (
+            load_config(EXAMPLES / name / "config.json").config.model.name == "alignn_atomwise_pure"
+        )
 
 
 def test_schema_contains_plugin_models():

@@ -82,7 +82,10 @@ def test_custom_keys(tmp_path):
         (lambda e: e[2].update(stresses=[1, 2, 3]),
          "entry 2: 'stresses' has shape [3]; expected 6 Voigt values (xx, yy, zz, yz, xz, xy) "
          "or a 3x3 matrix"),
-        (lambda e: e[0].update(total_energy=float("nan")), "entry 0: 'total_energy' contains NaN or inf"),
+        (
+            lambda e: e[0].update(total_energy=float("nan")),
+            "entry 0: 'total_energy' contains NaN or inf",
+        ),
         (lambda e: e[0].update(total_energy="abc"), "entry 0: 'total_energy' is not numeric"),
         (lambda e: e[0].pop("forces"),
          "entry 0: missing key 'forces' (choose the key with the matching *_key option)"),
@@ -98,7 +101,9 @@ def test_bad_json_records(tmp_path, mutate, message):
 
 def test_bad_csv_rows(tmp_path):
     (tmp_path / "id_prop.csv").write_text("POSCAR-JVASP-10.vasp,1.0\nPOSCAR-JVASP-10.vasp,abc\n")
-    (tmp_path / "POSCAR-JVASP-10.vasp").write_text((EXAMPLES / "props" / "POSCAR-JVASP-10.vasp").read_text())
+    (tmp_path / "POSCAR-JVASP-10.vasp").write_text(
+        (EXAMPLES / "props" / "POSCAR-JVASP-10.vasp").read_text()
+    )
     assert _error(tmp_path) == f"{tmp_path / 'id_prop.csv'}:2: column 2 is not a number: 'abc'"
 
 

@@ -58,7 +58,9 @@ def test_broken_plugin_is_skipped_with_a_warning(extra_plugin, capsys):
     extra_plugin("broken", register_models=broken)
     registry = plugins.get_registry()
     assert "alignn_atomwise_pure" in registry.models
-    assert "plugin 'broken' failed in register_models: RuntimeError: boom" in capsys.readouterr().err
+    assert (
+        "plugin 'broken' failed in register_models: RuntimeError: boom" in capsys.readouterr().err
+    )
 
 
 def test_unknown_registry_entry_lists_available():
@@ -71,7 +73,10 @@ def test_allowlist_env_restricts_entry_points():
     env = {**os.environ, "ALIGNN_PLUGINS": "torch"}
     result = subprocess.run(
         [sys.executable, "-m", "alignn_core.cli", "plugins", "list", "--json"],
-        capture_output=True, text=True, env=env, check=True,
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
     )
     names = {p["name"] for p in json.loads(result.stdout)}
     assert names == {"torch", "core.memory_dataset"}

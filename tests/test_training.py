@@ -85,7 +85,9 @@ def test_resume_continues_the_history(run_cli, tmp_path):
     assert run_cli("run", first, "--root-dir", EXAMPLES / "props", "--output-dir", out)[0] == 0
     second = _config(tmp_path, "props", {"epochs": 2, "lr_total_epochs": 2,
                                          "resume_checkpoint": True})  # fmt: skip
-    code, stdout, err = run_cli("run", second, "--root-dir", EXAMPLES / "props", "--output-dir", out)
+    code, stdout, err = run_cli(
+        "run", second, "--root-dir", EXAMPLES / "props", "--output-dir", out
+    )
     assert code == 0, err
     assert "resuming after epoch 1" in stdout
     assert [h["epoch"] for h in json.loads((out / "history.json").read_text())] == [1, 2]

@@ -27,7 +27,9 @@ def list_plugins(
     for column in ("plugin", "distribution", "version", "registers", "hooks"):
         table.add_column(column)
     for info in infos:
-        registers = "\n".join(f"{kind}: {', '.join(names)}" for kind, names in info.registers.items())
+        registers = "\n".join(
+            f"{kind}: {', '.join(names)}" for kind, names in info.registers.items()
+        )
         hooks = "\n".join(info.hooks) or "(none)"
         table.add_row(info.name, info.distribution or "", info.version or "", registers, hooks)
     Console(width=max(Console().width, 120)).print(table)

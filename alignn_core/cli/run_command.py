@@ -25,9 +25,13 @@ def run(
         None, "--root-dir", help="Data folder with id_prop.csv/json [default: the config's folder]."
     ),
     output_dir: Path | None = typer.Option(
-        None, "--output-dir", help="Where outputs go [default: the config's output_dir, relative to the working directory]."
+        None,
+        "--output-dir",
+        help="Where outputs go [default: the config's output_dir, relative to the cwd].",
     ),
-    device: str | None = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... [default: auto]"),
+    device: str | None = typer.Option(
+        None, "--device", help="cpu, cuda, cuda:1 ... [default: auto]"
+    ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a finished run's outputs."),
     epochs: int | None = typer.Option(None, "--epochs", help="Override epochs."),
     batch_size: int | None = typer.Option(None, "--batch-size", help="Override batch_size."),

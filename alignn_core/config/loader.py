@@ -157,7 +157,9 @@ def format_validation_error(exc: ValidationError, label: str, cls: type) -> str:
             if message.startswith("Value error, "):
                 message = message[len("Value error, ") :]
             got = error.get("input")
-            shown = "" if isinstance(got, dict) or error["type"] == "value_error" else f" (got {got!r})"
+            shown = (
+                "" if isinstance(got, dict) or error["type"] == "value_error" else f" (got {got!r})"
+            )
             where = f"{path}: " if loc else ""
             lines.append(f"{label}: {where}{message}{shown}")
     return "\n".join(lines)

@@ -61,10 +61,7 @@ def make_collate(collate_graphs: Callable[[Sequence[Any]], Any], dtype: torch.dt
         targets = {}
         for name in samples[0].targets:
             arrays = [np.asarray(s.targets[name]) for s in samples]
-            if name in ATOM_TARGETS:
-                stacked = np.concatenate(arrays)
-            else:
-                stacked = np.stack(arrays)
+            stacked = np.concatenate(arrays) if name in ATOM_TARGETS else np.stack(arrays)
             targets[name] = torch.as_tensor(stacked, dtype=dtype)
         return Batch(
             ids=[s.id for s in samples],

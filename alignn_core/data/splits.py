@@ -33,7 +33,9 @@ def split_sizes(n: int, config) -> tuple[int, int, int]:
     """Counts from ``n_*`` or ``int(ratio * n)``; ``train_ratio`` None means the remainder."""
     val_ratio = config.val_ratio or 0.0
     test_ratio = config.test_ratio or 0.0
-    train_ratio = config.train_ratio if config.train_ratio is not None else 1 - val_ratio - test_ratio
+    train_ratio = (
+        config.train_ratio if config.train_ratio is not None else 1 - val_ratio - test_ratio
+    )
     n_train = config.n_train if config.n_train is not None else int(train_ratio * n)
     n_val = config.n_val if config.n_val is not None else int(val_ratio * n)
     n_test = config.n_test if config.n_test is not None else int(test_ratio * n)

@@ -135,7 +135,7 @@ def _json_record(entry, index: int, path: Path, keys: DataKeys, weights: LossWei
         stress = _array(_required(entry, keys.stress, where), where, keys.stress)
         if stress.shape == (6,):
             full = np.zeros((3, 3))
-            for value, (a, b) in zip(stress, VOIGT_ORDER):
+            for value, (a, b) in zip(stress, VOIGT_ORDER, strict=True):
                 full[a, b] = full[b, a] = value
             stress = full
         elif stress.shape != (3, 3):
@@ -158,7 +158,9 @@ def _json_record(entry, index: int, path: Path, keys: DataKeys, weights: LossWei
 
 def _required(entry: dict, key: str, where: str):
     if key not in entry:
-        raise DataError(f"{where}: missing key {key!r} (choose the key with the matching *_key option)")
+        raise DataError(
+            f"{where}: missing key {key!r} (choose the key with the matching *_key option)"
+        )
     return entry[key]
 
 
@@ -175,7 +177,9 @@ def _array(value, where: str, key: str) -> np.ndarray:
 def _shaped(entry: dict, key: str, where: str, shape: tuple, text: str) -> np.ndarray:
     array = _array(_required(entry, key, where), where, key)
     if array.shape != shape:
-        raise DataError(f"{where}: {key!r} has shape {list(array.shape)}; expected {text} = {list(shape)}")
+        raise DataError(
+            f"{where}: {key!r} has shape {list(array.shape)}; expected {text} = {list(shape)}"
+        )
     return array
 
 

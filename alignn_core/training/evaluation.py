@@ -84,7 +84,7 @@ def split_predictions(batch, output: dict[str, torch.Tensor]) -> list[dict]:
     starts = np.cumsum([0, *counts])
     out = output["out"].detach().cpu().numpy()
     rows = []
-    for i, (sid, index) in enumerate(zip(batch.ids, batch.indices)):
+    for i, (sid, index) in enumerate(zip(batch.ids, batch.indices, strict=True)):
         a, b = starts[i], starts[i + 1]
         row = {
             "id": sid,

@@ -71,7 +71,9 @@ def compute_losses(
         else:
             target = _aligned(prediction, targets[target_key])
             if term == "graph" and normalize_graph_level_loss and atoms_per_graph is not None:
-                scale = atoms_per_graph.to(prediction.dtype).reshape(-1, *[1] * (prediction.dim() - 1))
+                scale = atoms_per_graph.to(prediction.dtype).reshape(
+                    -1, *[1] * (prediction.dim() - 1)
+                )
                 prediction, target = prediction / scale, target / scale
             loss = loss_fn(prediction, target.to(prediction.dtype))
             mae = (prediction.detach() - target).abs().mean()

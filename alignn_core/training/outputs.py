@@ -47,10 +47,13 @@ def write_predictions(output_dir: Path, split: str, rows: list[dict], classifica
                     "forces_target": _floats(row["forces_target"]),
                     "forces_prediction": _floats(row["forces_prediction"]),
                     **(
-                        {"stress_target": _floats(row["stress_target"]),
-                         "stress_prediction": _floats(row["stress_prediction"])}
-                        if "stress_prediction" in row else {}
-                    ),  # fmt: skip
+                        {
+                            "stress_target": _floats(row["stress_target"]),
+                            "stress_prediction": _floats(row["stress_prediction"]),
+                        }
+                        if "stress_prediction" in row
+                        else {}
+                    ),
                 }
                 for row in rows
             ],
@@ -94,6 +97,8 @@ def split_metrics(rows: list[dict]) -> dict[str, float]:
         )
         metrics["forces_mae"] = float(np.abs(diffs).mean())
     if "stress_prediction" in rows[0]:
-        diffs = np.concatenate([(r["stress_prediction"] - r["stress_target"]).ravel() for r in rows])
+        diffs = np.concatenate(
+            [(r["stress_prediction"] - r["stress_target"]).ravel() for r in rows]
+        )
         metrics["stress_mae"] = float(np.abs(diffs).mean())
     return metrics

@@ -32,7 +32,9 @@ def write_report(path: Path, history: list[dict], predictions: dict[str, list[di
 
     _parity(axes[1], predictions, "target", "prediction", "Graph target")
     if has_forces:
-        _parity(axes[2], predictions, "forces_target", "forces_prediction", "Force components (eV/Å)")
+        _parity(
+            axes[2], predictions, "forces_target", "forces_prediction", "Force components (eV/Å)"
+        )
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path

@@ -124,7 +124,9 @@ class Trainer:
     # -- set-up -------------------------------------------------------------------------
     def _prepare_output_dir(self) -> None:
         out = self.output_dir
-        if (out / FINISHED_MARKER).exists() and not (self.overwrite or self.config.resume_checkpoint):
+        if (out / FINISHED_MARKER).exists() and not (
+            self.overwrite or self.config.resume_checkpoint
+        ):
             raise UserError(
                 f"{out}: holds a finished run; choose another --output-dir, pass --overwrite, "
                 "or set resume_checkpoint to continue it"
@@ -142,7 +144,9 @@ class Trainer:
         return records
 
     def _datasets(self, records, split):
-        provider_name = "lmdb" if self.config.use_lmdb and "lmdb" in self.registry.datasets else "memory"
+        provider_name = (
+            "lmdb" if self.config.use_lmdb and "lmdb" in self.registry.datasets else "memory"
+        )
         provider = self.registry.datasets[provider_name]
         settings = self.config.graph_settings
         datasets = {}
@@ -277,7 +281,9 @@ class Trainer:
                 batch = batch.to(self.device)
                 with autocast_context(self.device, config.use_amp):
                     output = model(batch.graph)
-                output = {k: v.float() if v.dtype == torch.bfloat16 else v for k, v in output.items()}
+                output = {
+                    k: v.float() if v.dtype == torch.bfloat16 else v for k, v in output.items()
+                }
                 result = compute_losses(
                     output, batch.targets, self.weights, config.criterion, self.classification,
                     batch.graph.atoms_per_graph(), config.normalize_graph_level_loss,
@@ -308,7 +314,7 @@ class Trainer:
         for split in ("train", "val"):
             rows = [[h[split].get(f"{t}_loss", 0.0) for t in ("", "graph", "atomwise", "forces",
                      "stress", "additional")] for h in history]  # fmt: skip
-            for row, h in zip(rows, history):
+            for row, h in zip(rows, history, strict=True):
                 row[0] = h[split]["loss"]
             save_json(rows, out / f"history_{split}.json")
 
@@ -355,7 +361,9 @@ class Trainer:
     # -- console --------------------------------------------------------------------------
     def _print_epoch(self, entry: dict, improved: bool) -> None:
         def fmt(stats: dict) -> str:
-            maes = "  ".join(f"{k[:-4]} MAE {v:.4g}" for k, v in stats.items() if k.endswith("_mae"))
+            maes = "  ".join(
+                f"{k[:-4]} MAE {v:.4g}" for k, v in stats.items() if k.endswith("_mae")
+            )
             return f"loss {stats['loss']:.4g}  {maes}"
 
         mark = "  [green]* best[/]" if improved else ""

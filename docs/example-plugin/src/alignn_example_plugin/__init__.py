@@ -37,8 +37,12 @@ class MeanPoolMLP(torch.nn.Module):
     def forward(self, graph) -> dict[str, torch.Tensor]:
         # graph is the torch backend's AtomGraph: atom_features [N, F], node_graph [N]
         counts = graph.n_atoms.clamp(min=1).to(graph.atom_features.dtype)
-        pooled = torch.zeros(graph.num_graphs, graph.atom_features.shape[1],
-                             dtype=graph.atom_features.dtype, device=graph.atom_features.device)
+        pooled = torch.zeros(
+            graph.num_graphs,
+            graph.atom_features.shape[1],
+            dtype=graph.atom_features.dtype,
+            device=graph.atom_features.device,
+        )
         pooled.index_add_(0, graph.node_graph, graph.atom_features)
         out = self.mlp(pooled / counts[:, None])
         return {"out": out.squeeze(-1) if self.output_features == 1 else out}
