@@ -95,7 +95,9 @@ class AtomwiseFields(ModelConfig):
                 "head exists, so the atomwise loss is not trained"
             )
         if self.stresswise_weight and not self.computes_gradient:
-            warnings.append("model.stresswise_weight is set but forces are off: stress is not trained")
+            warnings.append(
+                "model.stresswise_weight is set but forces are off: stress is not trained"
+            )
         if self.classification and training.classification_threshold is None:
             raise ValueError(
                 "model.classification is true but classification_threshold is not set; "
@@ -127,8 +129,10 @@ class ALIGNNAtomWisePureConfig(AtomwiseFields):
     @property
     def zbl_enabled(self) -> bool:
         """``use_zbl`` None means: on whenever forces are computed (upstream's rule)."""
-        return self.computes_gradient if self.use_zbl is None else (
-            self.use_zbl and self.computes_gradient
+        return (
+            self.computes_gradient
+            if self.use_zbl is None
+            else (self.use_zbl and self.computes_gradient)
         )
 
     def check(self, training: TrainingConfigBase) -> list[str]:

@@ -1,0 +1,127 @@
+"""``TorchGraphBackend``: the GraphBackend plugin that turns structures into :class:`AtomGraph`.
+
+Graph construction runs once per structure in the data pipeline (and is cached by the LMDB
+plugin), so it is numpy/torch on the CPU and never needs DGL. ``version`` is part of every cache
+manifest: bump it whenever the contents of a built graph change for the same settings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+
+from alignn_core.config.graph_settings import GraphSettings
+from alignn_core.errors import ConfigError, DataError
+from alignn_core.features import atom_features
+from alignn_core.structures import Structure
+from alignn_torch.graphs.graph import (
+    EDGE_FIELDS,
+    GRAPH_FIELDS,
+    NODE_FIELDS,
+    TRIPLET_FIELDS,
+    AtomGraph,
+    collate_graphs,
+)
+from alignn_torch.graphs.line_graph import angle_cosines, line_graph_triplets
+from alignn_torch.graphs.strategies import SUPPORTED_STRATEGIES, neighbor_list
+
+ALL_FIELDS = NODE_FIELDS + EDGE_FIELDS + TRIPLET_FIELDS + GRAPH_FIELDS
+
+_DTYPES = {"float16": torch.float16, "float32": torch.float32, "float64": torch.float64}
+
+
+def float_dtype(name: str) -> torch.dtype:
+    """Torch dtype for ``settings.dtype``; anything else is a config error, not a crash later."""
+    try:
+        return _DTYPES[name]
+    except KeyError:
+        raise ConfigError(
+            f"graph dtype {name!r} is not supported; use one of {sorted(_DTYPES)}"
+        ) from None
+
+
+def build_graph(structure: Structure, settings: GraphSettings) -> AtomGraph:
+    """One structure -> a single-graph :class:`AtomGraph` (graph and line graph).
+
+    Edges come from :func:`alignn_torch.graphs.strategies.neighbor_list` (float64 geometry, cast to
+    ``settings.dtype`` at the end). The stored cosines are computed by :func:`angle_cosines` from
+    the cast ``r``, i.e. exactly what the model recomputes with ``lg_on_fly``. An atom without any
+    neighbour (pure_torch with a short cutoff, or a lone atom in a molecule) is an isolated node:
+    the graph is still valid and the model's aggregations handle zero in-degree.
+    """
+    dtype = float_dtype(settings.dtype)
+    edges, triplet_limit = neighbor_list(structure, settings)
+    n_atoms = structure.n_atoms
+
+    src = torch.from_numpy(edges.src)
+    dst = torch.from_numpy(edges.dst)
+    r = torch.from_numpy(edges.r).to(dtype)
+    if settings.compute_line_graph:
+        allowed = None
+        if triplet_limit is not None:
+            allowed = torch.from_numpy(edges.distance <= triplet_limit)
+        lg_src, lg_dst = line_graph_triplets(src, dst, allowed)
+        lg_cos = angle_cosines(r, lg_src, lg_dst)
+    else:
+        lg_src = lg_dst = torch.zeros(0, dtype=torch.long)
+        lg_cos = torch.zeros(0, dtype=dtype)
+
+    features = atom_features(structure.numbers, settings.atom_features)
+    return AtomGraph(
+        atom_features=torch.from_numpy(np.ascontiguousarray(features)).to(dtype),
+        numbers=torch.from_numpy(structure.numbers.copy()),
+        positions=torch.from_numpy(structure.positions.copy()).to(dtype),
+        node_graph=torch.zeros(n_atoms, dtype=torch.long),
+        src=src,
+        dst=dst,
+        r=r,
+        shift=torch.from_numpy(edges.shift).to(dtype),
+        edge_graph=torch.zeros(len(edges), dtype=torch.long),
+        lg_src=lg_src,
+        lg_dst=lg_dst,
+        lg_cos=lg_cos,
+        cell=torch.from_numpy(structure.cell.copy()).to(dtype).unsqueeze(0),
+        volume=torch.tensor([structure.volume], dtype=dtype),
+        n_atoms=torch.tensor([n_atoms], dtype=torch.long),
+        n_edges=torch.tensor([len(edges)], dtype=torch.long),
+        n_triplets=torch.tensor([lg_src.shape[0]], dtype=torch.long),
+    )
+
+
+def graph_to_arrays(graph: AtomGraph) -> dict[str, np.ndarray]:
+    """Every field as a numpy array (dtype kept), for caches that must not pickle objects."""
+    return {name: getattr(graph, name).detach().cpu().numpy() for name in ALL_FIELDS}
+
+
+def graph_from_arrays(arrays: Mapping[str, np.ndarray]) -> AtomGraph:
+    """Inverse of :func:`graph_to_arrays`; copies, so read-only (memory-mapped) input is fine."""
+    missing = [name for name in ALL_FIELDS if name not in arrays]
+    if missing:
+        raise DataError(
+            f"cached graph lacks {missing}; it was written by another graph format, rebuild it"
+        )
+    return AtomGraph(**{name: torch.from_numpy(np.array(arrays[name])) for name in ALL_FIELDS})
+
+
+class TorchGraphBackend:
+    """GraphBackend ``torch``: :class:`AtomGraph` graphs for the pure-torch model (no DGL)."""
+
+    name = "torch"
+    version = "1"
+    neighbor_strategies = SUPPORTED_STRATEGIES
+
+    def build(self, structure: Structure, settings: GraphSettings) -> AtomGraph:
+        """See :func:`build_graph`."""
+        return build_graph(structure, settings)
+
+    collate = staticmethod(collate_graphs)
+
+    def to_arrays(self, graph: AtomGraph) -> dict[str, np.ndarray]:
+        """See :func:`graph_to_arrays`."""
+        return graph_to_arrays(graph)
+
+    def from_arrays(self, arrays: Mapping[str, np.ndarray]) -> AtomGraph:
+        """See :func:`graph_from_arrays`."""
+        return graph_from_arrays(arrays)
