@@ -134,3 +134,12 @@ def test_missing_structure_file_names_the_row(run_cli, tmp_path):
                            "--output-dir", tmp_path / "o")  # fmt: skip
     assert code == 2
     assert err.strip() == f"error: {data / 'POSCAR-JVASP-10.vasp'}: structure file not found"
+
+
+def test_bf16_autocast_trains(run_cli, tmp_path):
+    out = tmp_path / "amp"
+    config = _config(tmp_path, "ff", {"epochs": 1, "use_amp": True})
+    code, _, err = run_cli("run", config, "--root-dir", EXAMPLES / "ff", "--output-dir", out)
+    assert code == 0, err
+    history = json.loads((out / "history.json").read_text())
+    assert all(v == v for v in history[0]["train"].values())  # finite, not NaN
