@@ -23,3 +23,7 @@ class DataError(UserError):
 
 class PluginError(UserError):
     """A plugin is missing, misconfigured, or two plugins claim the same name."""
+
+
+class ModelError(UserError):
+    """A trained model cannot be used: missing files, unreadable checkpoint, unsupported kind."""

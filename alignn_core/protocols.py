@@ -6,7 +6,7 @@ N = atoms, E = directed edges, B = graphs in a batch.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -88,13 +88,21 @@ class DatasetProvider(Protocol):
         self,
         records: Sequence[Record],
         *,
+        indices: Sequence[int] | None,
         backend: GraphBackend,
         settings: GraphSettings,
         split: str,
-        cache_dir: Path,
+        cache_dir: Path | None,
         read_existing: bool,
+        target_scale: float | None,
+        progress: Callable[[], None] | None,
     ) -> torch.utils.data.Dataset:
-        """Build (or reuse) the dataset for one split."""
+        """Build (or reuse) the dataset of ``records[indices]`` (all when None) for ``split``.
+
+        Items are :class:`~alignn_core.data.samples.Sample` with ``record_targets(record,
+        target_scale)`` as targets; ``progress()`` is called once per sample made ready. A cache
+        lives in ``cache_dir`` and is reused only if ``read_existing`` (and it matches).
+        """
         ...
 
 

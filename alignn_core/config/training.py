@@ -94,6 +94,7 @@ class TrainingConfigBase(BaseModel):
     atomwise_key: str = "forces"
     additional_output_key: str = "additional_output"
     file_format: Literal["poscar", "cif", "xyz", "pdb", "auto"] = "auto"
+    cache_dir: str | None = None  # LMDB graph caches; None: OUTPUT_DIR/cache
 
     @field_validator("version", mode="before")
     @classmethod

@@ -35,6 +35,8 @@ from alignn_core.training.report import write_report
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16,
           "bfloat": torch.bfloat16, "bfloat16": torch.bfloat16}  # fmt: skip
 FINISHED_MARKER = "run_summary.json"
+UPSTREAM_TERMS = ("graph", "atomwise", "forces", "stress", "additional")
+"""Loss terms in the column order of upstream's history files (after the total)."""
 
 
 @dataclass
@@ -149,6 +151,8 @@ class Trainer:
         )
         provider = self.registry.datasets[provider_name]
         settings = self.config.graph_settings
+        cache_dir = (Path(self.config.cache_dir) if self.config.cache_dir
+                     else self.output_dir / "cache")  # fmt: skip
         datasets = {}
         total = len(split.train) + len(split.val) + len(split.test)
         with self._progress() as progress:
@@ -156,7 +160,7 @@ class Trainer:
             for name in ("train", "val", "test"):
                 datasets[name] = provider.open(
                     records, indices=getattr(split, name), backend=self.backend,
-                    settings=settings, split=name, cache_dir=self.output_dir / "cache",
+                    settings=settings, split=name, cache_dir=cache_dir,
                     read_existing=self.config.read_existing,
                     target_scale=self.config.target_multiplication_factor,
                     progress=lambda: progress.advance(task),
@@ -217,7 +221,7 @@ class Trainer:
             first_epoch, best_loss, best_epoch, history = self._resume(model, optimizer, scheduler)
 
         stale = 0
-        epoch = first_epoch
+        best_state = None
         for epoch in range(first_epoch, config.epochs):
             t0 = time.perf_counter()
             train_stats = self._train_epoch(model, train_loader, optimizer, scheduler, epoch)
@@ -227,6 +231,7 @@ class Trainer:
             improved = val_stats.loss < best_loss
             if improved:
                 best_loss, best_epoch, stale = val_stats.loss, epoch + 1, 0
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
                 if config.write_checkpoint:
                     save_torch(model.state_dict(), self.output_dir / "best_model.pt")
             else:
@@ -242,8 +247,10 @@ class Trainer:
         epochs_run = len(history)
         if config.write_checkpoint:
             save_torch(model.state_dict(), self.output_dir / "last_model.pt")
-        if (self.output_dir / "best_model.pt").exists():
-            model.load_state_dict(load_torch(self.output_dir / "best_model.pt"))
+        if best_state is None and (self.output_dir / "best_model.pt").exists():  # resumed run
+            best_state = load_torch(self.output_dir / "best_model.pt")
+        if best_state is not None:
+            model.load_state_dict(best_state)
         summary = RunSummary(self.output_dir, epochs_run, best_epoch)
         summary.metrics = self._final_evaluation(model, datasets, history)
         summary.seconds = time.perf_counter() - start
@@ -312,10 +319,10 @@ class Trainer:
             )  # fmt: skip
         save_json(history, out / "history.json")
         for split in ("train", "val"):
-            rows = [[h[split].get(f"{t}_loss", 0.0) for t in ("", "graph", "atomwise", "forces",
-                     "stress", "additional")] for h in history]  # fmt: skip
-            for row, h in zip(rows, history, strict=True):
-                row[0] = h[split]["loss"]
+            rows = [
+                [h[split]["loss"]] + [h[split].get(f"{term}_loss", 0.0) for term in UPSTREAM_TERMS]
+                for h in history
+            ]
             save_json(rows, out / f"history_{split}.json")
 
     def _resume(self, model, optimizer, scheduler):
