@@ -32,6 +32,14 @@ def tests(session: nox.Session) -> None:
 
 
 @nox.session(python=PYTHON)
+def fuzz(session: nox.Session) -> None:
+    """The property tests with many more random cases (FUZZ_EXAMPLES, default 5000)."""
+    install_project(session, "pytest>=7", "hypothesis>=6")
+    session.env.setdefault("FUZZ_EXAMPLES", "5000")
+    session.run("pytest", "-q", "tests/test_fuzz.py", *session.posargs)
+
+
+@nox.session(python=PYTHON)
 def demo(session: nox.Session) -> None:
     """Train the two bundled examples: a property model and a force field."""
     install_project(session)
