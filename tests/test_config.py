@@ -73,6 +73,8 @@ def test_defaults_match_upstream():
         ({"neighbor_strategy": "pure_torch", "model": {**PURE, "three_body_cutoff": 3.0}},
          "config: model.three_body_cutoff (3.0) differs from the graph's three_body_cutoff (3.5); "
          "exported models would use different triplets than training did: make them equal"),
+        ({"model": {"name": ["x"]}}, "config: model.name must be a string (available: "
+         "alignn_atomwise, alignn_atomwise_pure, mean_pool_mlp)"),
         ({}, 'config: missing "model" section; add {"model": {"name": ...}} (available: '
          "alignn_atomwise, alignn_atomwise_pure, mean_pool_mlp)"),
         ({"model": {"name": "alignn_atomwise_pur"}},

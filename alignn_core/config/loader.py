@@ -109,6 +109,10 @@ def _check_model_section(data: dict, label: str) -> None:
     name = model.get("name")
     if name is None:
         raise ConfigError(f"{label}: model.name is missing (available: {', '.join(available)})")
+    if not isinstance(name, str):
+        raise ConfigError(
+            f"{label}: model.name must be a string (available: {', '.join(available)})"
+        )
     if name in available:
         return
     message = f"{label}: unknown model.name {name!r} (available: {', '.join(available)})"
