@@ -36,7 +36,8 @@ JSON_VALUES = st.recursive(
 def mutated_configs(draw):
     config = json.loads(json.dumps(BASE_CONFIG))
     for _ in range(draw(st.integers(1, 4))):
-        target = config["model"] if draw(st.booleans()) else config
+        in_model = isinstance(config.get("model"), dict) and draw(st.booleans())
+        target = config["model"] if in_model else config
         keys = sorted(target)
         action = draw(st.sampled_from(["replace", "delete", "add"]))
         if action == "add" or not keys:
