@@ -40,6 +40,11 @@ class GraphBackend(Protocol):
 
     ``name`` and ``version`` identify the graph format: caches built by one backend version are
     refused by another (the LMDB plugin stores them in its manifest).
+
+    Optional: ``incremental_builder(settings, skin)`` returning an object with
+    ``build(structure)`` (and ``reuses``/``rebuilds`` counters) for successive configurations of
+    one system, e.g. MD steps; its graphs must equal :meth:`build`'s exactly. Inference uses it
+    when present and falls back to :meth:`build` otherwise.
     """
 
     name: str

@@ -22,15 +22,15 @@ def print_warnings(warnings: list[str]) -> None:
 def run(
     config_path: Path = typer.Argument(..., metavar="CONFIG", help="Run config (JSON)."),
     root_dir: Path | None = typer.Option(
-        None, "--root-dir", help="Data folder with id_prop.csv/json [default: the config's folder]."
+        None, "--root-dir", help="Data folder with id_prop.csv/json (default: the config's folder)."
     ),
     output_dir: Path | None = typer.Option(
         None,
         "--output-dir",
-        help="Where outputs go [default: the config's output_dir, relative to the cwd].",
+        help="Where outputs go (default: the config's output_dir, relative to the cwd).",
     ),
     device: str | None = typer.Option(
-        None, "--device", help="cpu, cuda, cuda:1 ... [default: auto]"
+        None, "--device", help="cpu, cuda, cuda:1 ... (default: auto)"
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a finished run's outputs."),
     epochs: int | None = typer.Option(None, "--epochs", help="Override epochs."),
