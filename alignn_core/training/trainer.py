@@ -25,7 +25,7 @@ from alignn_core.data.splits import overlap_count, split_indices
 from alignn_core.errors import ConfigError, PluginError, UserError
 from alignn_core.io.id_prop import DataKeys, read_dataset
 from alignn_core.plugins import FIRST_PARTY_BACKENDS, get_registry
-from alignn_core.training import outputs
+from alignn_core.training import distributed, outputs
 from alignn_core.training.atomic import load_torch, save_json, save_torch
 from alignn_core.training.evaluation import EpochStats, autocast_context, evaluate
 from alignn_core.training.losses import compute_losses
@@ -58,8 +58,11 @@ def unsupported_settings(config) -> list[str]:
         )
     if config.criterion in ("poisson", "zig"):
         problems.append(f"criterion {config.criterion!r} is not supported; use 'mse' or 'l1'")
-    if config.distributed or config.data_parallel:
-        problems.append("distributed/data_parallel training is not available yet; set both false")
+    if config.data_parallel:
+        problems.append(
+            "data_parallel (single-process multi-GPU) is not supported; set it false and use "
+            "distributed: true (torchrun, or alignn run --nproc N)"
+        )
     if config.save_dataloader:
         problems.append("save_dataloader pickles DataLoaders (unsafe to reload); set it false")
     if config.log_tensorboard:
@@ -122,10 +125,17 @@ class Trainer:
             raise ConfigError(problems[0])
         self.weights = config.model.loss_weights()
         self.classification = bool(getattr(config.model, "classification", False))
+        self.dist, rank_device = distributed.setup(config, device)
+        if rank_device is not None:
+            self.device = rank_device
+        if not self.dist.is_main:  # one console for the job: other ranks print only errors
+            self.console = Console(quiet=True)
 
     # -- set-up -------------------------------------------------------------------------
     def _prepare_output_dir(self) -> None:
         out = self.output_dir
+        if not self.dist.is_main:
+            return
         if (out / FINISHED_MARKER).exists() and not (
             self.overwrite or self.config.resume_checkpoint
         ):
@@ -155,13 +165,21 @@ class Trainer:
                      else self.output_dir / "cache")  # fmt: skip
         datasets = {}
         total = len(split.train) + len(split.val) + len(split.test)
-        with self._progress() as progress:
+        # Rank 0 builds an LMDB cache while the other ranks wait, then they read it.
+        shared = provider_name == "lmdb" and self.dist.enabled
+        read_existing = self.config.read_existing or (shared and not self.dist.is_main)
+        with self.dist.main_first(shared), self._progress() as progress:
             task = progress.add_task("building graphs", total=total, info="")
             for name in ("train", "val", "test"):
+                if shared and not self.dist.is_main and not (cache_dir / name).exists():
+                    raise UserError(f"{cache_dir / name}: rank {self.dist.rank} cannot see the "
+                                    "cache rank 0 built; put cache_dir on a filesystem every "
+                                    "node shares, or build it on each node with alignn cache "
+                                    "build (docs/distributed.md)")  # fmt: skip
                 datasets[name] = provider.open(
                     records, indices=getattr(split, name), backend=self.backend,
                     settings=settings, split=name, cache_dir=cache_dir,
-                    read_existing=self.config.read_existing,
+                    read_existing=read_existing,
                     target_scale=self.config.target_multiplication_factor,
                     progress=lambda: progress.advance(task),
                 )  # fmt: skip
@@ -172,12 +190,16 @@ class Trainer:
             TextColumn("[bold blue]{task.description}"), BarColumn(), MofNCompleteColumn(),
             TimeRemainingColumn(), TextColumn("{task.fields[info]}"), console=self.console,
             transient=True,
-            disable=not self.config.progress,
+            disable=not (self.config.progress and self.dist.is_main),
         )  # fmt: skip
 
-    def _loader(self, dataset, shuffle: bool, batch_size: int, generator=None) -> DataLoader:
+    def _loader(self, dataset, sampler=None) -> DataLoader:
+        """Batches of this rank's share of the global batch; evaluation reads this rank's shard
+        (positions ``rank, rank+W, ...``) unless a sampler is given."""
+        if sampler is None:
+            sampler = self.dist.shard(len(dataset))
         return DataLoader(
-            dataset, batch_size=batch_size, shuffle=shuffle, generator=generator,
+            dataset, batch_size=self.dist.per_rank_batch(self.config.batch_size), sampler=sampler,
             collate_fn=make_collate(self.backend.collate, self.dtype),
             num_workers=self.config.num_workers, pin_memory=self.config.pin_memory,
             persistent_workers=self.config.num_workers > 0,
@@ -185,6 +207,12 @@ class Trainer:
 
     # -- the run --------------------------------------------------------------------------
     def run(self) -> RunSummary:
+        try:
+            return self._run()
+        finally:
+            self.dist.close()
+
+    def _run(self) -> RunSummary:
         config = self.config
         start = time.perf_counter()
         self._prepare_output_dir()
@@ -197,23 +225,33 @@ class Trainer:
                 f"[yellow]warning:[/] {overlap} of {len(split.test)} test structures also appear "
                 "in the validation set: the best model is then selected on test data"
             )
-        save_json(
-            {f"id_{name}": [records[i].id for i in getattr(split, name)]
-             for name in ("train", "val", "test")},
-            self.output_dir / "ids_train_val_test.json",
-        )  # fmt: skip
+        if self.dist.is_main:
+            save_json(
+                {f"id_{name}": [records[i].id for i in getattr(split, name)]
+                 for name in ("train", "val", "test")},
+                self.output_dir / "ids_train_val_test.json",
+            )  # fmt: skip
         self.console.print(
             f"{len(records)} structures: {len(split.train)} train, {len(split.val)} val, "
             f"{len(split.test)} test; device {self.device}"
         )
         datasets = self._datasets(records, split)
         seed_everything(config.random_seed, config.deterministic, self.device)
-        model = self.model_plugin.build(config.model).to(self.device, self.dtype)
-        generator = torch.Generator()
-        if config.random_seed is not None:
-            generator.manual_seed(config.random_seed)
-        train_loader = self._loader(datasets["train"], True, config.batch_size, generator)
-        val_loader = self._loader(datasets["val"], False, config.batch_size)
+        # Constructed under the run's dtype, as upstream does: RBF gamma is derived from the
+        # centres at construction and is not in the checkpoint (load_model relies on this).
+        previous = torch.get_default_dtype()
+        torch.set_default_dtype(self.dtype if self.dtype.is_floating_point and
+                                self.dtype.itemsize >= 4 else torch.float32)  # fmt: skip
+        try:
+            model = self.model_plugin.build(config.model)
+        finally:
+            torch.set_default_dtype(previous)
+        model = model.to(self.device, self.dtype)
+        train_model = self.dist.wrap(model, self.device, config)
+        sampler = self.dist.train_sampler(datasets["train"],
+                                          self.dist.shared_seed(config.random_seed))  # fmt: skip
+        train_loader = self._loader(datasets["train"], sampler)
+        val_loader = self._loader(datasets["val"])
         optimizer = make_optimizer(model, config)
         scheduler = make_scheduler(optimizer, config, len(train_loader))
         history, best_loss, best_epoch, first_epoch = [], float("inf"), 0, 0
@@ -224,15 +262,17 @@ class Trainer:
         best_state = None
         for epoch in range(first_epoch, config.epochs):
             t0 = time.perf_counter()
-            train_stats = self._train_epoch(model, train_loader, optimizer, scheduler, epoch)
+            sampler.set_epoch(epoch)
+            train_stats = self._train_epoch(train_model, train_loader, optimizer, scheduler, epoch)
             val_stats, _ = evaluate(model, val_loader, self.device, self.weights,
                                     config.criterion, self.classification,
                                     config.normalize_graph_level_loss)  # fmt: skip
+            val_stats = self.dist.merge_stats(val_stats)
             improved = val_stats.loss < best_loss
             if improved:
                 best_loss, best_epoch, stale = val_stats.loss, epoch + 1, 0
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-                if config.write_checkpoint:
+                if config.write_checkpoint and self.dist.is_main:
                     save_torch(model.state_dict(), self.output_dir / "best_model.pt")
             else:
                 stale += 1
@@ -245,15 +285,20 @@ class Trainer:
                 self.console.print(f"early stopping: no val improvement for {stale} epochs")
                 break
         epochs_run = len(history)
-        if config.write_checkpoint:
+        if config.write_checkpoint and self.dist.is_main:
             save_torch(model.state_dict(), self.output_dir / "last_model.pt")
-        if best_state is None and (self.output_dir / "best_model.pt").exists():  # resumed run
-            best_state = load_torch(self.output_dir / "best_model.pt")
+        if best_state is None:  # resumed run: rank 0 reads the best weights for every rank
+            best_path = self.output_dir / "best_model.pt"
+            best_state = self.dist.broadcast(
+                load_torch(best_path) if self.dist.is_main and best_path.exists() else None
+            )
         if best_state is not None:
             model.load_state_dict(best_state)
         summary = RunSummary(self.output_dir, epochs_run, best_epoch)
         summary.metrics = self._final_evaluation(model, datasets, history)
         summary.seconds = time.perf_counter() - start
+        if not self.dist.is_main:
+            return summary
         save_json({"epochs_run": epochs_run, "best_epoch": best_epoch,
                    "metrics": summary.metrics, "seconds": summary.seconds},
                   self.output_dir / FINISHED_MARKER)  # fmt: skip
@@ -271,6 +316,9 @@ class Trainer:
         if "warmup_steps" in config.model_fields_set and config.warmup_steps != 2000:
             notes.append("warmup_steps is ignored, as upstream: OneCycle warms up over the "
                          "first 30% of steps")  # fmt: skip
+        if config.distributed and not self.dist.enabled:
+            notes.append("distributed is true but this is one process: launch with "
+                         "alignn run --nproc N or torchrun to train data-parallel")  # fmt: skip
         if config.use_lmdb and "lmdb" not in self.registry.datasets:
             notes.append("use_lmdb is true but no LMDB cache plugin is installed: graphs are "
                          "built in memory")  # fmt: skip
@@ -305,10 +353,12 @@ class Trainer:
                 progress.update(task, advance=1, info=f"loss {stats.loss:.4g} {maes}")
         if config.scheduler != "onecycle":
             scheduler.step()
-        return stats
+        return self.dist.merge_stats(stats)
 
     def _save_epoch(self, model, optimizer, scheduler, epoch, best_loss, best_epoch, history):
         out = self.output_dir
+        if not self.dist.is_main:
+            return
         if self.config.write_checkpoint:
             save_torch(model.state_dict(), out / "current_model.pt")
             save_torch(
@@ -328,16 +378,19 @@ class Trainer:
     def _resume(self, model, optimizer, scheduler):
         out = self.output_dir
         state_path, model_path = out / "current_state.pt", out / "current_model.pt"
-        if not state_path.exists() or not model_path.exists():
-            raise UserError(f"{out}: resume_checkpoint is set but there is no current_state.pt "
-                            "and current_model.pt to resume from")  # fmt: skip
-        model.load_state_dict(load_torch(model_path))
-        state = load_torch(state_path)
+        loaded = None
+        if self.dist.is_main:  # rank 0 reads; every rank loads what it read
+            if not state_path.exists() or not model_path.exists():
+                raise UserError(f"{out}: resume_checkpoint is set but there is no "
+                                "current_state.pt and current_model.pt to resume from")  # fmt: skip
+            history_path = out / "history.json"
+            history = json.loads(history_path.read_text()) if history_path.exists() else []
+            loaded = (load_torch(model_path), load_torch(state_path), history)
+        model_state, state, history = self.dist.broadcast(loaded)
+        model.load_state_dict(model_state)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["torch_rng"])
-        history_path = out / "history.json"
-        history = json.loads(history_path.read_text()) if history_path.exists() else []
         history = history[: state["epoch"]]
         self.console.print(f"resuming after epoch {state['epoch']}")
         return state["epoch"], state["best_loss"], state.get("best_epoch", 0), history
@@ -348,10 +401,13 @@ class Trainer:
         for name in ("train", "val", "test"):
             if len(datasets[name]) == 0:
                 continue
-            loader = self._loader(datasets[name], False, config.batch_size)
+            loader = self._loader(datasets[name])
             _, rows = evaluate(model, loader, self.device, self.weights, config.criterion,
                                self.classification, config.normalize_graph_level_loss,
                                collect=True)  # fmt: skip
+            rows = self.dist.gather_rows(rows)
+            if not self.dist.is_main:
+                continue
             predictions[name] = rows
             metrics[name] = outputs.split_metrics(rows)
             if config.write_predictions:
@@ -361,7 +417,7 @@ class Trainer:
         if config.write_predictions and "test" in predictions and not self.classification and \
                 len(predictions["test"][0]["target"]) == 1:  # fmt: skip
             outputs.write_upstream_test_csv(self.output_dir, predictions["test"])
-        if history:
+        if history and self.dist.is_main:
             write_report(self.output_dir / "report.png", history, predictions)
         return metrics
 
