@@ -72,7 +72,7 @@ def test_plugins_list_json_shows_first_and_third_party(run_cli):
         "graph_backends": ["torch"],
         "models": ["alignn_atomwise_pure"],
     }
-    assert plugins["dgl"]["registers"] == {"models": ["alignn_atomwise"]}
+    assert plugins["dgl"]["registers"]["models"] == ["alignn_atomwise"]  # + backend with DGL
     assert plugins["example"]["distribution"] == "alignn-example-plugin"
     assert plugins["example"]["registers"] == {"models": ["mean_pool_mlp"]}
     assert {"lmdb", "torchscript", "core.memory_dataset"} <= set(plugins)

@@ -92,6 +92,13 @@ def seed_everything(seed: int | None, deterministic: bool, device: torch.device)
         torch.use_deterministic_algorithms(True, warn_only=True)
 
 
+def scheduler_state(scheduler) -> dict:
+    """The scheduler's state without callables: torch 2.2's OneCycleLR stores its annealing
+    function (a bound method) in ``state_dict()``, which ``torch.load(weights_only=True)`` refuses
+    to unpickle. The scheduler rebuilt from the config has its own, so nothing is lost."""
+    return {k: v for k, v in scheduler.state_dict().items() if not callable(v)}
+
+
 class Trainer:
     """One training run. Construct, then :meth:`run`."""
 
@@ -363,7 +370,7 @@ class Trainer:
             save_torch(model.state_dict(), out / "current_model.pt")
             save_torch(
                 {"epoch": epoch + 1, "optimizer": optimizer.state_dict(),
-                 "scheduler": scheduler.state_dict(), "best_loss": best_loss,
+                 "scheduler": scheduler_state(scheduler), "best_loss": best_loss,
                  "best_epoch": best_epoch, "torch_rng": torch.get_rng_state()},
                 out / "current_state.pt",
             )  # fmt: skip

@@ -244,7 +244,8 @@ class ExportedALIGNN(ALIGNNAtomWisePure):
             allowed: torch.Tensor | None = None
             if self.three_body_cutoff < self.cutoff:
                 allowed = distance64 <= self.three_body_cutoff
-            lg_src, lg_dst = line_graph_triplets(src, dst, allowed)
+            self_pairs = self.neighbor_strategy == "pure_torch"  # the backend's rule
+            lg_src, lg_dst = line_graph_triplets(src, dst, allowed, self_pairs)
 
         grad_was_enabled = torch.is_grad_enabled()
         torch.set_grad_enabled(True)

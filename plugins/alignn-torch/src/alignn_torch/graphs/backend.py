@@ -25,7 +25,8 @@ from alignn_torch.graphs.graph import (
     collate_graphs,
 )
 from alignn_torch.graphs.line_graph import angle_cosines, line_graph_triplets
-from alignn_torch.graphs.strategies import SUPPORTED_STRATEGIES, neighbor_list
+from alignn_torch.graphs.neighbors import radius_neighbors
+from alignn_torch.graphs.strategies import SUPPORTED_STRATEGIES, RadiusSearch, neighbor_list
 
 ALL_FIELDS = NODE_FIELDS + EDGE_FIELDS + TRIPLET_FIELDS + GRAPH_FIELDS
 
@@ -42,7 +43,9 @@ def float_dtype(name: str) -> torch.dtype:
         ) from None
 
 
-def build_graph(structure: Structure, settings: GraphSettings) -> AtomGraph:
+def build_graph(
+    structure: Structure, settings: GraphSettings, search: RadiusSearch = radius_neighbors
+) -> AtomGraph:
     """One structure -> a single-graph :class:`AtomGraph` (graph and line graph).
 
     Edges come from :func:`alignn_torch.graphs.strategies.neighbor_list` (float64 geometry, cast to
@@ -50,9 +53,12 @@ def build_graph(structure: Structure, settings: GraphSettings) -> AtomGraph:
     the cast ``r``, i.e. exactly what the model recomputes with ``lg_on_fly``. An atom without any
     neighbour (pure_torch with a short cutoff, or a lone atom in a molecule) is an isolated node:
     the graph is still valid and the model's aggregations handle zero in-degree.
+
+    ``search`` answers the radius queries; a :class:`~alignn_torch.graphs.reuse.NeighborCache`
+    makes successive builds of a moving system cheaper without changing the result.
     """
     dtype = float_dtype(settings.dtype)
-    edges, triplet_limit = neighbor_list(structure, settings)
+    edges, triplet_limit = neighbor_list(structure, settings, search)
     n_atoms = structure.n_atoms
 
     src = torch.from_numpy(edges.src)
@@ -62,7 +68,8 @@ def build_graph(structure: Structure, settings: GraphSettings) -> AtomGraph:
         allowed = None
         if triplet_limit is not None:
             allowed = torch.from_numpy(edges.distance <= triplet_limit)
-        lg_src, lg_dst = line_graph_triplets(src, dst, allowed)
+        self_pairs = settings.neighbor_strategy == "pure_torch"  # as upstream (DGL otherwise)
+        lg_src, lg_dst = line_graph_triplets(src, dst, allowed, self_pairs)
         lg_cos = angle_cosines(r, lg_src, lg_dst)
     else:
         lg_src = lg_dst = torch.zeros(0, dtype=torch.long)
@@ -109,7 +116,7 @@ class TorchGraphBackend:
     """GraphBackend ``torch``: :class:`AtomGraph` graphs for the pure-torch model (no DGL)."""
 
     name = "torch"
-    version = "1"
+    version = "2"  # 2: no (e, e) triplets on k-nearest/radius_graph graphs, as DGL builds them
     neighbor_strategies = SUPPORTED_STRATEGIES
 
     def build(self, structure: Structure, settings: GraphSettings) -> AtomGraph:
@@ -117,6 +124,14 @@ class TorchGraphBackend:
         return build_graph(structure, settings)
 
     collate = staticmethod(collate_graphs)
+
+    def incremental_builder(self, settings: GraphSettings, skin: float):
+        """A builder for successive configurations of one system (MD, relaxation) that reuses
+        the neighbour search while atoms move less than ``skin / 2``; its graphs are identical
+        to :meth:`build`'s. See :mod:`alignn_torch.graphs.reuse`."""
+        from alignn_torch.graphs.reuse import ReusingGraphBuilder
+
+        return ReusingGraphBuilder(settings, skin)
 
     def to_arrays(self, graph: AtomGraph) -> dict[str, np.ndarray]:
         """See :func:`graph_to_arrays`."""

@@ -15,9 +15,17 @@ import torch
 
 
 def line_graph_triplets(
-    src: torch.Tensor, dst: torch.Tensor, allowed: torch.Tensor | None = None
+    src: torch.Tensor,
+    dst: torch.Tensor,
+    allowed: torch.Tensor | None = None,
+    self_pairs: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Triplets ``(A, B)`` of edge indices with ``dst[A] == src[B]``, both edges allowed.
+
+    ``self_pairs`` keeps ``(A, A)``, which exists only for a bond from an atom to its own periodic
+    image (``src == dst``). Upstream's torch builder (``pure_torch`` graphs) keeps it; DGL's
+    ``line_graph``, which upstream uses for ``k-nearest`` and ``radius_graph``, never pairs an
+    edge with itself.
 
     ``allowed`` (bool ``[E]``) restricts both members (upstream's three-body cutoff); a disallowed
     edge is simply an isolated line-graph node. Triplets are ordered by ``A`` and then by ``B``, so
@@ -45,6 +53,9 @@ def line_graph_triplets(
         run_start, count
     )
     lg_dst = sorted_idx[torch.repeat_interleave(first, count) + within]
+    if not self_pairs:
+        keep = lg_src != lg_dst
+        lg_src, lg_dst = lg_src[keep], lg_dst[keep]
     return lg_src, lg_dst
 
 
