@@ -255,22 +255,75 @@ def radius_neighbors(
         candidates = _binned_candidates(
             wrapped, bins, n_bins, offsets, periodic, basis, float(cutoff), min_d2
         )
-    pieces = []
-    cutoff2 = float(cutoff) ** 2
-    for i, j, image in candidates:
-        shift = image - wrap[j] + wrap[i]
-        r = edge_vectors(positions, cell, i, j, shift)
-        d2 = np.einsum("ij,ij->i", r, r)
-        keep = (d2 > min_d2) & (d2 <= cutoff2)
-        pieces.append((i[keep], j[keep], shift[keep], r[keep], d2[keep]))
+    pieces = [
+        pairs_within(positions, cell, i, j, image - wrap[j] + wrap[i], cutoff, min_d2)
+        for i, j, image in candidates
+    ]
+    return finish_edges(pieces, n, max_neighbors)
+
+
+Pairs = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
+
+def pairs_within(
+    positions: np.ndarray,
+    cell: np.ndarray,
+    src: np.ndarray,
+    dst: np.ndarray,
+    shift: np.ndarray,
+    cutoff: float,
+    min_d2: float,
+) -> Pairs:
+    """The candidate pairs with ``min_d2 < |r|² <= cutoff²``: ``(src, dst, shift, r, |r|²)``.
+
+    The one place where a pair is accepted: :func:`radius_neighbors` and the neighbour-list cache
+    (:mod:`alignn_torch.graphs.reuse`) both call it, so a cached list gives bit-identical edges.
+    """
+    r = edge_vectors(positions, cell, src, dst, shift)
+    d2 = np.einsum("ij,ij->i", r, r)
+    keep = (d2 > min_d2) & (d2 <= float(cutoff) ** 2)
+    return src[keep], dst[keep], shift[keep], r[keep], d2[keep]
+
+
+def finish_edges(pieces: list[Pairs], n_atoms: int, max_neighbors: int | None) -> NeighborList:
+    """Accepted pairs (in chunks) -> the sorted, optionally K-capped :class:`NeighborList`."""
     if not pieces:
         return _empty()
     if len(pieces) > 1:
         pieces = [tuple(np.concatenate(p) for p in zip(*pieces, strict=True))]
+    if max_neighbors:
+        pieces = [_nearest_shells(pieces[0], n_atoms, int(max_neighbors))]
     edges = sort_edges(*pieces[0])
     if max_neighbors:
-        edges = cap_nearest(edges, n, int(max_neighbors))
+        edges = cap_nearest(edges, n_atoms, int(max_neighbors))
     return edges
+
+
+def _nearest_shells(pairs: Pairs, n_atoms: int, k: int) -> Pairs:
+    """Drop the pairs that cannot be among the first ``k`` of their source after
+    :func:`sort_edges`: keep those not farther (in ``TIE_TOLERANCE`` steps) than the source's
+    ``k``-th nearest, ties included, so the capped list is unchanged.
+
+    Why: a capped search at cutoff 8 Å finds ~15x more pairs than it keeps, and the full
+    multi-key sort of all of them was ~16% of a graph build; one single-key sort here
+    leaves only ~k pairs per atom for it.
+    """
+    src, _, _, _, d2 = pairs
+    if len(src) <= k:
+        return pairs
+    quantised = np.floor(np.sqrt(d2) / TIE_TOLERANCE).astype(np.int64)
+    width = int(quantised.max()) + 1
+    if n_atoms * width >= 2**62:
+        return pairs
+    key = src * width + quantised
+    ordered = np.sort(key)
+    counts = np.bincount(src, minlength=n_atoms)
+    starts = np.cumsum(counts) - counts
+    bound = np.full(n_atoms, np.iinfo(np.int64).max)
+    full = counts > k
+    bound[full] = ordered[starts[full] + k - 1]
+    keep = key <= bound[src]
+    return tuple(a[keep] for a in pairs)  # type: ignore[return-value]
 
 
 def _empty() -> NeighborList:
@@ -307,8 +360,12 @@ def _single_bin_candidates(
     rows = max(1, _CANDIDATE_BUDGET // max(1, n * len(offsets)))
     for first in range(0, n, rows):
         diff = wrapped[None, :, :] - wrapped[first : first + rows, None, :]  # [c, N, 3]: j - i
-        d2 = np.einsum("ijk,ijk->ij", diff, diff)[:, :, None]
-        d2 = d2 + 2.0 * np.einsum("ijk,ok->ijo", diff, image_vectors) + image_sq
+        # |d + v|² = |d|² + 2 d·v + |v|², with d·v as one BLAS matmul and the rest in place on
+        # the [c, N, O] array: the 3-operand einsum it replaces took ~30% of a build of a
+        # 100-atom cell at cutoff 8 Å (the candidate set is unchanged: docs/performance.md).
+        d2 = diff @ (2.0 * image_vectors.T)
+        d2 += np.einsum("ijk,ijk->ij", diff, diff)[:, :, None]
+        d2 += image_sq
         i, j, o = np.nonzero(_screen(d2, cutoff, min_d2))
         yield i + first, j, offsets[o]
 

@@ -28,6 +28,8 @@ Differences from upstream, all deliberate:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from alignn_core.config.graph_settings import GraphSettings
@@ -50,13 +52,20 @@ RADIUS_GRAPH_MIN_DISTANCE = 1e-5
 
 SUPPORTED_STRATEGIES = frozenset({"pure_torch", "k-nearest", "radius_graph"})
 
+RadiusSearch = Callable[..., NeighborList]
+"""Signature of :func:`~alignn_torch.graphs.neighbors.radius_neighbors`: ``(positions, cell, pbc,
+cutoff, *, min_d2, max_neighbors=None) -> NeighborList``. Every strategy gets its pairs through
+one, so a neighbour-list cache (:mod:`alignn_torch.graphs.reuse`) can answer the same queries from
+a stored superset and the strategies' logic (cutoff growth, shells, canonising) runs unchanged."""
+
 
 def neighbor_list(
-    structure: Structure, settings: GraphSettings
+    structure: Structure, settings: GraphSettings, search: RadiusSearch = radius_neighbors
 ) -> tuple[NeighborList, float | None]:
     """Edges of ``structure`` for ``settings.neighbor_strategy`` and the triplet bond limit.
 
-    The second value is the longest bond allowed in a triplet, or None for no limit.
+    The second value is the longest bond allowed in a triplet, or None for no limit. ``search``
+    answers every radius query (default: a fresh :func:`radius_neighbors`).
     """
     strategy = settings.neighbor_strategy
     if strategy not in SUPPORTED_STRATEGIES:
@@ -68,13 +77,16 @@ def neighbor_list(
         raise ConfigError(f"cutoff must be positive, got {settings.cutoff}")
     args = (structure.positions, structure.cell, structure.pbc)
     if strategy == "pure_torch":
-        return pure_torch_edges(*args, settings.cutoff, settings.max_neighbors, settings)
+        return pure_torch_edges(
+            *args, settings.cutoff, settings.max_neighbors, settings, search=search
+        )
     if strategy == "k-nearest":
         edges = k_nearest_edges(
-            *args, settings.cutoff, settings.max_neighbors, use_canonize=settings.use_canonize
-        )
+            *args, settings.cutoff, settings.max_neighbors, use_canonize=settings.use_canonize,
+            search=search,
+        )  # fmt: skip
         return edges, None
-    return radius_graph_edges(*args, settings.cutoff, settings.cutoff_extra), None
+    return radius_graph_edges(*args, settings.cutoff, settings.cutoff_extra, search=search), None
 
 
 def pure_torch_edges(
@@ -84,6 +96,8 @@ def pure_torch_edges(
     cutoff: float,
     max_neighbors: int | None,
     settings: GraphSettings,
+    *,
+    search: RadiusSearch = radius_neighbors,
 ) -> tuple[NeighborList, float | None]:
     """Upstream's pure_torch graph: radius + optional K cap; triplet limit from the settings.
 
@@ -96,7 +110,7 @@ def pure_torch_edges(
         raise ConfigError(
             f"three_body_cutoff {limit} exceeds cutoff {cutoff}; triplets can only use graph edges"
         )
-    edges = radius_neighbors(
+    edges = search(
         positions, cell, pbc, cutoff, min_d2=PURE_TORCH_MIN_D2, max_neighbors=max_neighbors
     )
     return edges, (None if limit is None or limit >= cutoff else limit)
@@ -117,6 +131,7 @@ def k_nearest_edges(
     max_neighbors: int | None,
     *,
     use_canonize: bool = True,
+    search: RadiusSearch = radius_neighbors,
 ) -> NeighborList:
     """The jarvis k-nearest graph (upstream ``nearest_neighbor_edges`` + undirected expansion).
 
@@ -139,7 +154,7 @@ def k_nearest_edges(
     longest = float(np.linalg.norm(cell, axis=1).max())
     bounded = not any(pbc)
     while True:
-        edges = radius_neighbors(positions, cell, pbc, cutoff, min_d2=KNN_MIN_DISTANCE**2)
+        edges = search(positions, cell, pbc, cutoff, min_d2=KNN_MIN_DISTANCE**2)
         if k == 0 or n == 0 or neighbor_counts(edges, n).min() >= k:
             break
         if bounded and cutoff >= _extent(positions):
@@ -169,6 +184,8 @@ def radius_graph_edges(
     pbc: tuple[bool, bool, bool],
     cutoff: float,
     cutoff_extra: float,
+    *,
+    search: RadiusSearch = radius_neighbors,
 ) -> NeighborList:
     """All pairs within ``cutoff``; grow it by ``cutoff_extra`` until every atom has an edge.
 
@@ -179,7 +196,7 @@ def radius_graph_edges(
     n = positions.shape[0]
     bounded = not any(pbc)
     while True:
-        edges = radius_neighbors(positions, cell, pbc, cutoff, min_d2=RADIUS_GRAPH_MIN_DISTANCE**2)
+        edges = search(positions, cell, pbc, cutoff, min_d2=RADIUS_GRAPH_MIN_DISTANCE**2)
         if n == 0 or neighbor_counts(edges, n).min() > 0:
             return edges
         if bounded and cutoff >= _extent(positions):
