@@ -48,7 +48,7 @@ def render(owners: tuple[str, ...] = FIRST_PARTY) -> str:
         owner = registry.owners[("models", name)]
         if owner not in owners:
             continue
-        lines += ["", f"## `model.name = \"{name}\"` (plugin `{owner}`)", "", *_table(cls)]
+        lines += ["", f'## `model.name = "{name}"` (plugin `{owner}`)', "", *_table(cls)]
     return "\n".join(lines) + "\n"
 
 

@@ -13,7 +13,14 @@ import typer
 from rich.console import Console
 
 from alignn_core import __version__
-from alignn_core.cli import config_commands, plugin_commands, run_command
+from alignn_core.cli import (
+    config_commands,
+    md_command,
+    plugin_commands,
+    predict_command,
+    relax_command,
+    run_command,
+)
 from alignn_core.errors import UserError
 
 app = typer.Typer(
@@ -44,6 +51,9 @@ def _root(
 
 
 app.command("run")(run_command.run)
+app.command("predict")(predict_command.predict)
+app.command("relax")(relax_command.relax)
+app.command("md")(md_command.md)
 app.add_typer(plugin_commands.plugins_app, name="plugins")
 app.add_typer(config_commands.config_app, name="config")
 

@@ -109,9 +109,8 @@ def gather(items: Any) -> Iterator[LabelledStructure]:
             else:
                 yield from read_frames(path)
         else:
-            raise TypeError(
-                f"item {index}: expected a Structure, ase.Atoms or a path, got {type(item).__name__}"
-            )
+            kind = type(item).__name__
+            raise TypeError(f"item {index}: expected a Structure, ase.Atoms or a path, got {kind}")
 
 
 def _is_atoms(obj: Any) -> bool:
