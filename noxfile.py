@@ -1,4 +1,5 @@
-"""Developer sessions: ``nox -s tests``, ``lint``, ``demo``, ``docs``, ``upstream``.
+"""Developer sessions: ``tests``, ``lint``, ``demo``, ``docs``, ``fuzz``, ``upstream``, ``dgl``,
+``parity``, ``bench`` (``nox -s NAME``).
 
 Every session installs the core and the first-party plugins (editable) with the pins in
 ``constraints/dev.txt`` (torch 2.13.0 CPU); users get the permissive ranges in each pyproject.
