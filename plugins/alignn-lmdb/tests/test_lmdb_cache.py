@@ -171,11 +171,11 @@ def test_mismatch_names_every_differing_field(setup, tmp_path):
     changed = settings.model_copy(update={"cutoff": 5.0, "max_neighbors": 8})
     with pytest.raises(ConfigError) as info:
         _open(setup, tmp_path, read_existing=True, settings=changed, target_scale=2.0,
-              backend=_CountingBackend(backend, version="2"))  # fmt: skip
+              backend=_CountingBackend(backend, version="test-other"))  # fmt: skip
     message = str(info.value)
     assert "\n" not in message
     assert message.startswith(f"{tmp_path / 'train'} was built from different inputs (")
-    for part in ('backend_version: cache "1", run "2"', "cutoff: cache 4.0, run 5.0",
+    for part in (f'backend_version: cache "{backend.version}", run "test-other"', "cutoff: cache 4.0, run 5.0",
                  "max_neighbors: cache 12, run 8", "target_scale: cache null, run 2.0",
                  "records_sha256: cache "):  # fmt: skip
         assert part in message
