@@ -32,6 +32,7 @@ from alignn_core.config.loader import load_config, read_json
 from alignn_core.errors import ConfigError, ModelError
 from alignn_core.inference.model import DTYPES, InferenceModel, resolve_device, resolve_dtype
 from alignn_core.plugins import FIRST_PARTY_BACKENDS, get_registry
+from alignn_core.training.atomic import load_torch
 
 CHECKPOINT = "best_model.pt"
 CONFIG = "config.json"
@@ -111,15 +112,7 @@ def read_model_config(config_path: Path) -> tuple[Any, str, list[str]]:
 
 def read_state_dict(checkpoint: Path) -> dict[str, torch.Tensor]:
     """Weights from a checkpoint, never unpickling code (``weights_only=True``)."""
-    try:
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    except Exception as exc:  # UnpicklingError, RuntimeError for non-zip files, EOFError ...
-        text = str(exc).strip()
-        reason = text.splitlines()[0] if text else type(exc).__name__
-        raise ModelError(
-            f"{checkpoint}: cannot load the checkpoint with torch.load(weights_only=True) "
-            f"({reason})"
-        ) from None
+    state = load_torch(checkpoint)
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]  # upstream property checkpoints: {"model": state_dict, ...}
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):

@@ -10,6 +10,8 @@ from typing import Any
 
 import torch
 
+from alignn_core.errors import ModelError
+
 
 def _atomic(path: Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -39,5 +41,18 @@ def save_text(text: str, path: Path) -> None:
 
 
 def load_torch(path: Path) -> Any:
-    """Load a checkpoint safely: tensors and plain containers only, never arbitrary pickle."""
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """Load a checkpoint safely: tensors and plain containers only, never arbitrary pickle.
+
+    A file that is truncated, corrupt, or holds anything else (a pickled object that would run
+    code) is a one-line :class:`~alignn_core.errors.ModelError`, not a traceback.
+    """
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ModelError(f"{path}: file not found") from None
+    except Exception as exc:  # UnpicklingError, RuntimeError for non-zip files, EOFError ...
+        text = str(exc).strip()
+        reason = text.splitlines()[0] if text else type(exc).__name__
+        raise ModelError(
+            f"{path}: cannot load the checkpoint with torch.load(weights_only=True) ({reason})"
+        ) from None
