@@ -19,20 +19,9 @@ DTYPE_HELP = "float32 or float64 [default: the config's dtype]"
 def read_start(path: Path) -> Any:
     """The first frame of ``path`` as ``ase.Atoms``, constraints (POSCAR selective dynamics)
     kept, so a relaxation honours fixed atoms. A multi-frame file gets a note, not an error."""
-    from ase.io import read
+    from alignn_core.io.structures import read_ase
 
-    from alignn_core.io.structures import _ase_format
-
-    if not path.exists():
-        raise DataError(f"{path}: structure file not found")
-    if path.is_dir():
-        raise DataError(f"{path}: is a directory, expected a structure file")
-    try:
-        frames = read(str(path), format=_ase_format(path, "auto"), index=":")
-    except Exception as exc:  # ASE raises many exception types for malformed files
-        text = str(exc).strip()
-        reason = text.splitlines()[0] if text else type(exc).__name__
-        raise DataError(f"{path}: cannot read structure ({reason})") from None
+    frames = read_ase(path, index=":")
     frames = frames if isinstance(frames, list) else [frames]
     if not frames or len(frames[0]) == 0:
         raise DataError(f"{path}: structure has no atoms")

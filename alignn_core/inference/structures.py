@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from alignn_core.errors import DataError
-from alignn_core.io.structures import EXTENSIONS, _ase_format
+from alignn_core.io.structures import EXTENSIONS, read_ase
 from alignn_core.structures import Structure
 
 #: extensions a folder is scanned for (plus files named POSCAR*/CONTCAR*)
@@ -44,18 +44,7 @@ def structure_from_atoms(atoms: Any) -> Structure:
 
 def read_frames(path: Path) -> list[LabelledStructure]:
     """Every frame of a structure file, as one-line :class:`DataError` on any problem."""
-    from ase.io import read
-
-    if not path.exists():
-        raise DataError(f"{path}: structure file not found")
-    if path.is_dir():
-        raise DataError(f"{path}: is a directory, expected a structure file")
-    try:
-        frames = read(str(path), format=_ase_format(path, "auto"), index=":")
-    except Exception as exc:  # ASE raises many exception types for malformed files
-        text = str(exc).strip()
-        reason = text.splitlines()[0] if text else type(exc).__name__
-        raise DataError(f"{path}: cannot read structure ({reason})") from None
+    frames = read_ase(path, index=":")
     if not isinstance(frames, list):
         frames = [frames]
     if not frames:

@@ -27,8 +27,9 @@ def _ase_format(path: Path, file_format: str) -> str | None:
     return EXTENSIONS.get(path.suffix.lower())
 
 
-def read_structure(path: Path, file_format: str = "auto") -> Structure:
-    """Read one structure; a malformed or missing file is a one-line :class:`DataError`."""
+def read_ase(path: Path, file_format: str = "auto", index: int | str = 0):
+    """``ase.io.read`` of ``path`` (one frame for an int ``index``, a list for ``":"``); a
+    missing, non-file or malformed input is a one-line :class:`DataError`."""
     from ase.io import read
 
     if not path.exists():
@@ -36,10 +37,16 @@ def read_structure(path: Path, file_format: str = "auto") -> Structure:
     if path.is_dir():
         raise DataError(f"{path}: is a directory, expected a structure file")
     try:
-        atoms = read(str(path), format=_ase_format(path, file_format), index=0)
+        return read(str(path), format=_ase_format(path, file_format), index=index)
     except Exception as exc:  # ASE raises many exception types for malformed files
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        text = str(exc).strip()
+        reason = text.splitlines()[0] if text else type(exc).__name__
         raise DataError(f"{path}: cannot read structure ({reason})") from None
+
+
+def read_structure(path: Path, file_format: str = "auto") -> Structure:
+    """Read one structure; a malformed or missing file is a one-line :class:`DataError`."""
+    atoms = read_ase(path, file_format)
     if len(atoms) == 0:
         raise DataError(f"{path}: structure has no atoms")
     if not atoms.get_pbc().any() or abs(atoms.cell.volume) < 1e-12:
