@@ -55,3 +55,8 @@ class ModelConfig(BaseModel):
     def loss_weights(self) -> LossWeights:
         """Which targets the model trains on (graph-level only by default)."""
         return LossWeights()
+
+    def dataset_warnings(self, elements: set[int]) -> list[str]:
+        """Warnings that need the data, not just the config: ``elements`` is the set of atomic
+        numbers in the training records. Called once by the trainer after reading them."""
+        return []

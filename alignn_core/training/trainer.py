@@ -232,6 +232,9 @@ class Trainer:
                 f"[yellow]warning:[/] {overlap} of {len(split.test)} test structures also appear "
                 "in the validation set: the best model is then selected on test data"
             )
+        elements = {int(z) for i in split.train for z in records[i].structure.numbers}
+        for warning in config.model.dataset_warnings(elements):
+            self.console.print(f"[yellow]warning:[/] {warning}", soft_wrap=True)
         if self.dist.is_main:
             save_json(
                 {f"id_{name}": [records[i].id for i in getattr(split, name)]

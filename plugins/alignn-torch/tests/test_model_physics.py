@@ -100,6 +100,7 @@ PHYSICS = {
     "plain": {},
     "cutoff_fn": {"use_cutoff_function": True, "inner_cutoff": 3.0},
     "multiply_cutoff": {"use_cutoff_function": True, "multiply_cutoff": True, "inner_cutoff": 3.5},
+    "gated_sum": {"node_update": "gated_sum", "node_update_norm": 6.0},
 }
 
 

@@ -31,6 +31,7 @@ from alignn_torch.config import ALIGNNAtomWisePureConfig
 from alignn_torch.graphs.graph import AtomGraph
 from alignn_torch.graphs.line_graph import angle_cosines
 from alignn_torch.model.layers import ALIGNNConv, MLPLayer, RBFExpansion, make_conv
+from alignn_torch.model.node_update import register_node_update
 from alignn_torch.model.physics import cutoff_envelope, penalty_energy, zbl_energy
 
 SPECIES_TABLE_ROWS = 120
@@ -86,12 +87,14 @@ class ALIGNNAtomWisePure(nn.Module):
             MLPLayer(config.triplet_input_features, config.embedding_features),
             MLPLayer(config.embedding_features, hidden),
         )
+        update = (config.node_update, config.node_update_eps, config.node_update_norm)
         self.alignn_layers = nn.ModuleList(
-            ALIGNNConv(hidden, config.conv_type, config.num_heads)
+            ALIGNNConv(hidden, config.conv_type, config.num_heads, *update)
             for _ in range(config.alignn_layers)
         )
         self.gcn_layers = nn.ModuleList(
-            make_conv(config.conv_type, hidden, config.num_heads) for _ in range(config.gcn_layers)
+            make_conv(config.conv_type, hidden, config.num_heads, *update)
+            for _ in range(config.gcn_layers)
         )
         self.fc_atomwise: nn.Linear | None = None
         if config.atomwise_output_features > 0:
@@ -104,6 +107,7 @@ class ALIGNNAtomWisePure(nn.Module):
             # Upstream replaces the bias by a 0-d parameter ln(0.7) so exp(out) starts near 0.7;
             # checkpoints store it with shape (), so we must too.
             self.fc.bias = nn.Parameter(torch.tensor(math.log(0.7)))
+        register_node_update(self, config.node_update, config.node_update_norm)
 
     # ------------------------------------------------------------------ species table
     def set_species_table(self, table: torch.Tensor) -> None:

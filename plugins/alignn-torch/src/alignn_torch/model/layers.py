@@ -80,22 +80,46 @@ class RBFExpansion(nn.Module):
         return torch.exp(-self.gamma * (distance.unsqueeze(-1) - self.centers) ** 2)
 
 
+NODE_UPDATES = ("upstream", "gated_sum")
+"""Aggregations of the crystal-graph conv (``model.node_update``), see EdgeGatedGraphConv."""
+
+
 class EdgeGatedGraphConv(nn.Module):
     """Edge-gated graph convolution with residuals (ALIGNN's message-passing unit).
 
     For edge e = (src -> dst):
         m_e = W_srcgate x[src] + W_dstgate x[dst] + W_edgegate y_e
-        h_v = sum_{e -> v} sigmoid(m_e) * W_dstupdate x[src] / (sum_{e -> v} sigmoid(m_e) + 1e-6)
+        h_v = sum_{e -> v} sigmoid(m_e) * W_dstupdate x[src] / (sum_{e -> v} sigmoid(m_e) + eps)
         x'  = x + SiLU(LN_nodes(W_srcupdate x + h))
         y'  = y + SiLU(LN_edges(m))
     The ``dst_update`` weight acts on *source* features and ``src_update`` on the node itself:
-    upstream's naming, kept so checkpoints map weight for weight. The 1e-6 keeps isolated or
+    upstream's naming, kept so checkpoints map weight for weight. eps = 1e-6 keeps isolated or
     fully-closed gates finite and is part of the numerics we must reproduce.
+
+    ``aggregation="gated_sum"`` replaces the gated mean by a gated sum over a fixed divisor,
+    h_v = sum_{e -> v} sigmoid(m_e) * W_dstupdate x[src] / ``sum_norm``. The mean is blind to
+    geometry when every x[src] is the same vector (one element): it returns W x whatever the
+    gates are, up to eps. The sum keeps the gates' dependence on bond lengths, with the same
+    parameters (so the layout of a checkpoint does not tell the two apart; the model records
+    which one it was trained with).
     """
 
-    def __init__(self, input_features: int, output_features: int, residual: bool = True) -> None:
+    def __init__(
+        self,
+        input_features: int,
+        output_features: int,
+        residual: bool = True,
+        aggregation: str = "upstream",
+        eps: float = 1e-6,
+        sum_norm: float = 1.0,
+    ) -> None:
         super().__init__()
+        if aggregation not in NODE_UPDATES:
+            raise ValueError(f"unknown aggregation {aggregation!r}; use one of {NODE_UPDATES}")
         self.residual = residual
+        self.gated_sum: bool = aggregation == "gated_sum"
+        self.eps: float = float(eps)
+        self.sum_norm: float = float(sum_norm)
         self.src_gate = nn.Linear(input_features, output_features)
         self.dst_gate = nn.Linear(input_features, output_features)
         self.edge_gate = nn.Linear(input_features, output_features)
@@ -121,11 +145,13 @@ class EdgeGatedGraphConv(nn.Module):
         src: torch.Tensor,
         dst: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Gated mean at the destination, then the two residual updates."""
+        """Gated mean (or sum) at the destination, then the two residual updates."""
         n = x.shape[0]
         numerator = scatter_sum(gate * values[src], dst, n)  # [N, H]
-        denominator = scatter_sum(gate, dst, n)  # [N, H]
-        h = numerator / (denominator + 1e-6)
+        if self.gated_sum:
+            h = numerator / self.sum_norm
+        else:
+            h = numerator / (scatter_sum(gate, dst, n) + self.eps)  # [N, H]
         x_new = F.silu(self.bn_nodes(self.src_update(x) + h))  # [N, H]
         y_new = F.silu(self.bn_edges(m))  # [E, H]
         if self.residual:
@@ -150,9 +176,16 @@ class NodeAttentionGraphConv(EdgeGatedGraphConv):
     """
 
     def __init__(
-        self, input_features: int, output_features: int, num_heads: int = 1, residual: bool = True
+        self,
+        input_features: int,
+        output_features: int,
+        num_heads: int = 1,
+        residual: bool = True,
+        aggregation: str = "upstream",
+        eps: float = 1e-6,
+        sum_norm: float = 1.0,
     ) -> None:
-        super().__init__(input_features, output_features, residual)
+        super().__init__(input_features, output_features, residual, aggregation, eps, sum_norm)
         if output_features % num_heads:
             raise ValueError(f"{output_features} features do not split into {num_heads} heads")
         self.num_heads = num_heads
@@ -222,13 +255,28 @@ class SelfAttentionGraphConv(nn.Module):
         return x_new, y_new
 
 
-def make_conv(conv_type: str, features: int, num_heads: int) -> nn.Module:
-    """The graph conv selected by ``conv_type`` (alignn, n_alignn, t_alignn)."""
+def make_conv(
+    conv_type: str,
+    features: int,
+    num_heads: int,
+    aggregation: str = "upstream",
+    eps: float = 1e-6,
+    sum_norm: float = 1.0,
+) -> nn.Module:
+    """The graph conv selected by ``conv_type`` (alignn, n_alignn, t_alignn).
+
+    ``aggregation``/``eps``/``sum_norm`` configure the edge-gated convs (see
+    :class:`EdgeGatedGraphConv`); ``t_alignn`` normalises by softmax and has no such option.
+    """
     if conv_type == "alignn":
-        return EdgeGatedGraphConv(features, features)
+        return EdgeGatedGraphConv(features, features, True, aggregation, eps, sum_norm)
     if conv_type == "n_alignn":
-        return NodeAttentionGraphConv(features, features, num_heads)
+        return NodeAttentionGraphConv(
+            features, features, num_heads, True, aggregation, eps, sum_norm
+        )
     if conv_type == "t_alignn":
+        if aggregation != "upstream":
+            raise ValueError("t_alignn normalises by softmax: only node_update 'upstream' applies")
         return SelfAttentionGraphConv(features, features, num_heads)
     raise ValueError(f"unknown conv_type {conv_type!r}; use alignn, n_alignn or t_alignn")
 
@@ -239,12 +287,23 @@ class ALIGNNConv(nn.Module):
     The line-graph conv treats bonds as nodes and triplets as edges, so the bond features that
     the first conv produced are refined with angle information; that is the whole point of
     ALIGNN over plain edge-gated GNNs.
+
+    ``aggregation``/``eps``/``sum_norm`` apply to the crystal-graph conv only: the line-graph
+    conv averages bond features that already differ by bond length, so its mean is not blind.
     """
 
-    def __init__(self, features: int, conv_type: str = "alignn", num_heads: int = 1) -> None:
+    def __init__(
+        self,
+        features: int,
+        conv_type: str = "alignn",
+        num_heads: int = 1,
+        aggregation: str = "upstream",
+        eps: float = 1e-6,
+        sum_norm: float = 1.0,
+    ) -> None:
         super().__init__()
-        self.node_update = make_conv(conv_type, features, num_heads)
-        self.edge_update = make_conv(conv_type, features, num_heads)
+        self.node_update = make_conv(conv_type, features, num_heads, aggregation, eps, sum_norm)
+        self.edge_update = make_conv(conv_type, features, num_heads, "upstream", eps)
 
     def forward(
         self,
