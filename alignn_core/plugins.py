@@ -43,6 +43,7 @@ FIRST_PARTY_BACKENDS = {
 FIRST_PARTY_MODELS = {
     "alignn_atomwise": ("alignn-dgl", "plugins/alignn-dgl"),
     "alignn_atomwise_pure": ("alignn-torch", "plugins/alignn-torch"),
+    "alignn_atomwise_pure_smooth": ("alignn-torch", "plugins/alignn-torch"),
 }
 """Model names owned by first-party plugins, so a missing plugin gets an install hint."""
 

@@ -70,7 +70,7 @@ def test_plugins_list_json_shows_first_and_third_party(run_cli):
     assert plugins["torch"]["distribution"] == "alignn-torch"
     assert plugins["torch"]["registers"] == {
         "graph_backends": ["torch"],
-        "models": ["alignn_atomwise_pure"],
+        "models": ["alignn_atomwise_pure", "alignn_atomwise_pure_smooth"],
     }
     assert plugins["dgl"]["registers"]["models"] == ["alignn_atomwise"]  # + backend with DGL
     assert plugins["example"]["distribution"] == "alignn-example-plugin"

@@ -74,12 +74,15 @@ def test_defaults_match_upstream():
          "config: model.three_body_cutoff (3.0) differs from the graph's three_body_cutoff (3.5); "
          "exported models would use different triplets than training did: make them equal"),
         ({"model": {"name": ["x"]}}, "config: model.name must be a string (available: "
-         "alignn_atomwise, alignn_atomwise_pure, mean_pool_mlp)"),
+         "alignn_atomwise, alignn_atomwise_pure, alignn_atomwise_pure_smooth, "
+         "mean_pool_mlp)"),
         ({}, 'config: missing "model" section; add {"model": {"name": ...}} (available: '
-         "alignn_atomwise, alignn_atomwise_pure, mean_pool_mlp)"),
+         "alignn_atomwise, alignn_atomwise_pure, alignn_atomwise_pure_smooth, "
+         "mean_pool_mlp)"),
         ({"model": {"name": "alignn_atomwise_pur"}},
          "config: unknown model.name 'alignn_atomwise_pur' (available: alignn_atomwise, "
-         "alignn_atomwise_pure, mean_pool_mlp); did you mean 'alignn_atomwise_pure'?"),
+         "alignn_atomwise_pure, alignn_atomwise_pure_smooth, mean_pool_mlp); did you mean "
+         "'alignn_atomwise_pure'?"),
     ],
 )  # fmt: skip
 def test_config_errors(data, message):
@@ -97,8 +100,9 @@ def test_first_party_model_not_installed_says_how(monkeypatch):
     message = _error({"model": {"name": "alignn_atomwise"}})
     assert message == (
         "config: unknown model.name 'alignn_atomwise' (available: alignn_atomwise_pure, "
-        "mean_pool_mlp); 'alignn_atomwise' is provided by the alignn-dgl plugin, which is not "
-        "installed: pip install plugins/alignn-dgl (or pip install alignn-dgl)"
+        "alignn_atomwise_pure_smooth, mean_pool_mlp); 'alignn_atomwise' is provided by the "
+        "alignn-dgl plugin, which is not installed: pip install plugins/alignn-dgl (or pip "
+        "install alignn-dgl)"
     )
 
 

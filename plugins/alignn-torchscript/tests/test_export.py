@@ -8,6 +8,7 @@ tight, for each option the scripted path must reproduce.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import zipfile
 from collections.abc import Callable
@@ -170,16 +171,66 @@ def test_refuses_missing_inputs(new_run: Callable[..., Path], run_cli, tmp_path:
             {"max_neighbors": None},
             {"gcn_layers": 0, "alignn_layers": 2, "atomwise_output_features": 3},
         ),
+        (
+            {},
+            {"name": "alignn_atomwise_pure_smooth", "radial_cutoff": 4.0,
+             "node_update": "gated_sum", "conv_type": "n_alignn", "num_heads": 2},
+        ),
+        (
+            {"dtype": "float64"},
+            {"name": "alignn_atomwise_pure_smooth", "radial_basis": "gaussian",
+             "angular_basis": "cosine", "mlp_first": False, "energy_mult_natoms": True,
+             "radial_learnable": False, "use_atomref": False, "radial_cutoff": 4.5},
+        ),
+        (
+            {"neighbor_strategy": "radius_graph", "three_body_cutoff": None},
+            {"name": "alignn_atomwise_pure_smooth", "energy_mult_natoms": True},
+        ),
     ],
-    ids=["n_alignn-cutoff", "t_alignn-float64-options", "radius_graph", "uncapped"],
-)
+    ids=["n_alignn-cutoff", "t_alignn-float64-options", "radius_graph", "uncapped", "smooth",
+         "smooth-fallbacks-float64", "smooth-radius_graph"],
+)  # fmt: skip
 def test_options_are_reproduced(new_run: Callable[..., Path], tmp_path: Path, top, model) -> None:
+    """The smooth cases also show that the export uses the training graphs' triplets: the probe
+    has bonds between three_body_cutoff (3 Å) and cutoff (5 Å), which upstream's smooth export
+    would have put into triplets."""
     from alignn_torchscript.export import export_run
 
     report = export_run(new_run(top, model), tmp_path / "m.pt", dtype=top.get("dtype"))
     assert report.check is not None
     tolerance = 1e-9 if top.get("dtype") == "float64" else 1e-5
     assert max(report.check.values()) <= tolerance, report.check
+    if model.get("name") == "alignn_atomwise_pure_smooth":
+        assert report.metadata["model_name"] == "alignn_atomwise_pure_smooth"
+        expected = None if top.get("neighbor_strategy") == "radius_graph" else 3.0
+        assert report.metadata["three_body_cutoff"] == expected
+
+
+def test_smooth_export_keeps_the_training_triplets(new_run: Callable[..., Path], tmp_path):
+    """Eager smooth model on the training graph == exported file on a host list; and building
+    triplets from every edge (upstream's smooth export) would give a different energy."""
+    from alignn_torch.graphs.backend import build_graph
+    from alignn_torch.graphs.line_graph import line_graph_triplets
+    from alignn_torch.graphs.strategies import neighbor_list
+    from alignn_torchscript.export import export_run, load_trained, probe_structure, resolve_run
+
+    run = new_run({"dtype": "float64"}, {"name": "alignn_atomwise_pure_smooth"})
+    exported = torch.jit.load(str(export_run(run, tmp_path / "m.pt").path))
+    model, config, _ = load_trained(*resolve_run(run))
+    structure = probe_structure(config.atom_features)
+    graph = build_graph(structure, config.graph_settings)
+    edges, _ = neighbor_list(structure, config.graph_settings)
+    got = exported.forward_tensors_z(
+        torch.from_numpy(structure.positions), torch.from_numpy(structure.cell),
+        torch.from_numpy(structure.numbers), torch.from_numpy(edges.src),
+        torch.from_numpy(edges.dst), torch.from_numpy(edges.shift), False,
+    )  # fmt: skip
+    eager = model(graph)
+    torch.testing.assert_close(got["energy"], eager["energy"][0].detach(), rtol=1e-10, atol=0)
+    all_src, all_dst = line_graph_triplets(graph.src, graph.dst, None, True)
+    assert all_src.numel() > graph.lg_src.numel()  # some bonds are longer than 3 A
+    every = dataclasses.replace(graph, lg_src=all_src, lg_dst=all_dst)
+    assert abs(float((model(every)["energy"] - eager["energy"]).detach()[0])) > 1e-6
 
 
 def test_option_warnings_reach_the_user(new_run: Callable[..., Path], run_cli, tmp_path: Path):

@@ -1,4 +1,5 @@
-"""Config of the ``alignn_atomwise_pure`` model: upstream's fields, types and defaults.
+"""Configs of the ``alignn_atomwise_pure`` and ``alignn_atomwise_pure_smooth`` models:
+upstream's fields, types and defaults.
 
 Fields that upstream accepts but ignores are accepted here too and produce a load-time warning
 instead of silence (``include_pos_deriv``, ``extra_features``, ``zero_inflated``).
@@ -6,7 +7,7 @@ instead of silence (``include_pos_deriv``, ``extra_features``, ``zero_inflated``
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -187,3 +188,133 @@ class ALIGNNAtomWisePureConfig(AtomwiseFields):
             )
         self.three_body_cutoff = graph_tbc
         return warnings
+
+
+# ---------------------------------------------------------------------------- smooth model
+SMOOTH_REMOVED_FIELDS = {
+    "use_cutoff_function": "its radial basis always has the envelope at radial_cutoff",
+    "multiply_cutoff": "its radial basis always has the envelope at radial_cutoff",
+    "three_body_cutoff": "triplets follow the top-level three_body_cutoff, in training and "
+    "export alike",
+    "use_zbl": "it has no ZBL term",
+    "zbl_cutoff": "it has no ZBL term",
+}
+"""Fields of ``alignn_atomwise_pure`` that upstream's smooth config does not have, and why."""
+
+
+class ALIGNNAtomWisePureSmoothConfig(ALIGNNAtomWisePureConfig):
+    """``alignn_atomwise_pure_smooth``: the pure model with learnable Bessel radial and Fourier
+    angular bases, a polynomial envelope, an AtomRef composition baseline and a site-energy
+    readout (docs/training.md, "Model alignn_atomwise_pure_smooth").
+
+    Every field of ``alignn_atomwise_pure`` except :data:`SMOOTH_REMOVED_FIELDS` (a config that
+    sets one of them is rejected, as upstream's would be); ``node_update`` applies as in the
+    pure model.
+    """
+
+    name: Literal["alignn_atomwise_pure_smooth"]  # type: ignore[assignment]
+    energy_mult_natoms: bool = Field(
+        default=False,
+        description=(
+            "false: out is the total energy (targets are totals); true: out is the energy per "
+            "atom (targets per atom) and the total is out x N"
+        ),
+    )
+    radial_cutoff: float = Field(
+        default=8.0, gt=0, description="r_c of the radial basis and its envelope (Å)"
+    )
+    smooth_cutoff_coeff: float = Field(
+        default=5.0,
+        gt=0,
+        description="order p of the envelope 1 - (p+1)(p+2)/2 t^p + p(p+2) t^(p+1) - "
+        "p(p+1)/2 t^(p+2), t = d/radial_cutoff, zero for d >= radial_cutoff",
+    )
+    radial_basis: Literal["bessel", "gaussian"] = Field(
+        default="bessel",
+        description="'bessel': sqrt(2/r_c) sin(w_n d/r_c)/d, n = 1..edge_input_features; "
+        "'gaussian': upstream's RBF on 0..radial_cutoff",
+    )
+    angular_basis: Literal["fourier", "cosine"] = Field(
+        default="fourier",
+        description="'fourier': [1/sqrt2, sin(k_j theta), cos(k_j theta)]/sqrt(pi), "
+        "j = 1..max(1, (triplet_input_features-1)//2); 'cosine': upstream's RBF on cos theta",
+    )
+    radial_learnable: bool = Field(
+        default=True, description="train the Bessel frequencies w_n (init n pi)"
+    )
+    angular_learnable: bool = Field(
+        default=True, description="train the Fourier multipliers k_j (init 1..order)"
+    )
+    use_atomref: bool = Field(
+        default=True,
+        description="add a learned per-atom baseline Linear(atom features -> 1), zero at init",
+    )
+    mlp_first: bool = Field(
+        default=True,
+        description="true: site energies fc(x_i) summed per structure; false: fc of the mean "
+        "atom features (the pure model's readout)",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _reject_removed(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for key, reason in SMOOTH_REMOVED_FIELDS.items():
+                if key in data:
+                    raise ValueError(
+                        f"{key} is not a field of alignn_atomwise_pure_smooth ({reason}); remove it"
+                    )
+        return data
+
+    @property
+    def zbl_enabled(self) -> bool:
+        return False
+
+    @property
+    def radial_features(self) -> int:
+        """Width of the radial basis: one function per ``edge_input_features``."""
+        return self.edge_input_features
+
+    @property
+    def angular_features(self) -> int:
+        """Width of the angular basis: 2 * order + 1 (Fourier) or the RBF's bins (cosine)."""
+        if self.angular_basis == "cosine":
+            return self.triplet_input_features
+        return 2 * max(1, (self.triplet_input_features - 1) // 2) + 1
+
+    def check(self, training: TrainingConfigBase) -> list[str]:
+        # AtomwiseFields' checks, not ALIGNNAtomWisePureConfig's: that one syncs
+        # model.three_body_cutoff, a field this model does not have (the exporter reads the
+        # triplet cutoff from the graph settings, as the graph builder does).
+        warnings = AtomwiseFields.check(self, training)
+        # Resolved configs (a run's config.json) list every field, so only values that differ
+        # from the defaults show that a user expected an effect.
+        fields = type(self).model_fields
+        ignored = [
+            key for key in ("exponent", "inner_cutoff") if getattr(self, key) != fields[key].default
+        ]
+        if ignored:
+            warnings.append(
+                f"model.{' and model.'.join(ignored)} {'is' if len(ignored) == 1 else 'are'} "
+                "ignored by alignn_atomwise_pure_smooth: its envelope is set by radial_cutoff "
+                "and smooth_cutoff_coeff"
+            )
+        return warnings
+
+
+def _drop_inherited_fields(cls: type[ModelConfig], names: list[str]) -> None:
+    """Remove inherited fields from a pydantic model class and rebuild its validator.
+
+    pydantic has no declaration that un-inherits a field; without this the smooth config would
+    accept, dump and document fields that upstream's does not have. Checked right away, so a
+    pydantic release that changes this fails at import instead of silently accepting them.
+    """
+    for name in names:
+        del cls.model_fields[name]
+    cls.model_rebuild(force=True)
+    left = set(names) & (set(cls.model_fields) | set(cls.model_json_schema()["properties"]))
+    if left:
+        raise RuntimeError(f"{cls.__name__} still has fields {sorted(left)} (pydantic changed?)")
+
+
+_drop_inherited_fields(ALIGNNAtomWisePureSmoothConfig, list(SMOOTH_REMOVED_FIELDS))

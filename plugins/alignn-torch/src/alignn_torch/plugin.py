@@ -1,5 +1,5 @@
 """Hook implementations of the pure-torch plugin: the ``torch`` graph backend and the
-``alignn_atomwise_pure`` model."""
+``alignn_atomwise_pure`` and ``alignn_atomwise_pure_smooth`` models."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ def register_graph_backends(register):
 
 @hookimpl
 def register_models(register):
-    from alignn_torch.model.plugin_object import ALIGNN_ATOMWISE_PURE
+    from alignn_torch.model.plugin_object import ALIGNN_ATOMWISE_PURE, ALIGNN_ATOMWISE_PURE_SMOOTH
 
     register(ALIGNN_ATOMWISE_PURE)
+    register(ALIGNN_ATOMWISE_PURE_SMOOTH)

@@ -1,4 +1,4 @@
-"""TorchScript export of ``alignn_atomwise_pure`` models for libtorch (C++/LAMMPS) hosts.
+"""TorchScript export of ``alignn_atomwise_pure`` (and ``_smooth``) models for libtorch hosts.
 
 ``alignn export torchscript RUN_DIR -o model.pt`` writes a self-contained file whose
 ``forward_tensors_z(positions, lattice, atomic_numbers, src, dst, shift, compute_stress)``

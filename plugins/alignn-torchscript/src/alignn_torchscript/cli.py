@@ -73,7 +73,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="export_torchscript.py",
         description=(
-            "Export a trained alignn_atomwise_pure model to TorchScript "
+            "Export a trained alignn_atomwise_pure(_smooth) model to TorchScript "
             "(same as `alignn export torchscript`; upstream's flags are accepted)."
         ),
     )

@@ -1,4 +1,5 @@
-"""Export a trained ``alignn_atomwise_pure`` model to a self-contained TorchScript file.
+"""Export a trained ``alignn_atomwise_pure`` (or ``alignn_atomwise_pure_smooth``) model to a
+self-contained TorchScript file.
 
 The file needs nothing but libtorch: weights, the scripted code, the atomic-number -> feature
 table and the neighbour-list contract are inside it, and ``metadata.json`` (a TorchScript extra
@@ -29,19 +30,21 @@ from alignn_torch.graphs.backend import build_graph
 from alignn_torch.graphs.neighbors import PURE_TORCH_MIN_D2, TIE_TOLERANCE
 from alignn_torch.graphs.strategies import RADIUS_GRAPH_MIN_DISTANCE, neighbor_list
 from alignn_torch.model.alignn_atomwise_pure import ALIGNNAtomWisePure
+from alignn_torch.model.alignn_atomwise_pure_smooth import ALIGNNAtomWisePureSmooth
 
 from alignn_core.config import GraphSettings, load_config
 from alignn_core.errors import UserError
 from alignn_core.features import feature_table, supported_numbers
 from alignn_core.plugins import get_registry
 from alignn_core.structures import Structure
+from alignn_core.training.atomic import load_torch
 from alignn_core.units import EV_PER_A3_TO_GPA
-from alignn_torchscript.module import ExportedALIGNN, NeighborContract
+from alignn_torchscript.module import ExportedALIGNN, ExportedALIGNNSmooth, NeighborContract
 
 FORMAT = "alignn-torchscript"
 FORMAT_VERSION = 1
 METADATA_FILE = "metadata.json"
-EXPORTABLE_MODEL = "alignn_atomwise_pure"
+EXPORTABLE_MODELS = ("alignn_atomwise_pure", "alignn_atomwise_pure_smooth")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 ENTRY_POINT = (
     "forward_tensors_z(positions[N,3] float, lattice[3,3] float, atomic_numbers[N] int64, "
@@ -95,14 +98,10 @@ def resolve_run(
 def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """A state dict from ``path``, also when wrapped as ``{"state_dict": ...}``/``{"model": ...}``.
 
-    ``weights_only=True``: a checkpoint is data, never code.
+    Read with the core's safe loader (``weights_only=True``: a checkpoint is data, never code);
+    a truncated file or a pickle that would run code is its one-line error.
     """
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle errors come in many types
-        raise ExportError(
-            f"{path}: not a loadable state dict ({type(exc).__name__}: {exc})"
-        ) from None
+    state = load_torch(path)
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
@@ -144,7 +143,7 @@ def check_exportable(config: Any) -> list[str]:
     """Raise :class:`ExportError` for what the export cannot reproduce; return warnings for what
     it reproduces faithfully but a host should know (e.g. forces that are not -dE/dx)."""
     model = config.model
-    if model.name != EXPORTABLE_MODEL:
+    if model.name not in EXPORTABLE_MODELS:
         hint = ""
         if model.name == "alignn_atomwise":
             hint = (
@@ -154,7 +153,7 @@ def check_exportable(config: Any) -> list[str]:
             )
         raise ExportError(
             f"cannot export model {model.name!r}: the TorchScript export supports "
-            f"{EXPORTABLE_MODEL!r} only{hint}"
+            f"{' and '.join(map(repr, EXPORTABLE_MODELS))} only{hint}"
         )
     if model.classification:
         raise ExportError(
@@ -362,16 +361,21 @@ def export_torchscript(
     check: bool = True,
     checkpoint_sha256: str | None = None,
 ) -> ExportReport:
-    """Script ``model`` (an eager ``alignn_atomwise_pure`` with trained weights) into ``output``.
+    """Script ``model`` (an eager ``alignn_atomwise_pure`` or ``alignn_atomwise_pure_smooth``
+    with trained weights) into ``output``.
 
     ``dtype`` (float32/float64) defaults to the model's; ``check`` compares the written file
     with the eager model on a probe structure and raises :class:`ExportCheckError` (leaving
     no file behind) if they disagree.
     """
     warnings = check_exportable(config)
-    if not isinstance(model, ALIGNNAtomWisePure):
+    smooth = config.model.name == "alignn_atomwise_pure_smooth"
+    if (
+        not isinstance(model, ALIGNNAtomWisePure)
+        or isinstance(model, ALIGNNAtomWisePureSmooth) != smooth
+    ):
         raise ExportError(
-            f"cannot export a {type(model).__name__}: expected the alignn_atomwise_pure module"
+            f"cannot export a {type(model).__name__}: expected the {config.model.name} module"
         )
     model_dtype = model.fc.weight.dtype
     if dtype is None:
@@ -387,7 +391,8 @@ def export_torchscript(
     table = torch.from_numpy(np.array(feature_table(config.atom_features)))
     known = torch.zeros(table.shape[0], dtype=torch.bool)
     known[torch.from_numpy(supported_numbers(config.atom_features))] = True
-    exported = ExportedALIGNN.from_model(model, contract, table, known, text, torch_dtype)
+    exported_class = ExportedALIGNNSmooth if smooth else ExportedALIGNN
+    exported = exported_class.from_model(model, contract, table, known, text, torch_dtype)
     scripted = torch.jit.script(exported)
 
     output = Path(output)

@@ -19,7 +19,7 @@ class TorchScriptExporter:
     name = "torchscript"
 
     def export(self, model: torch.nn.Module, config: Any, output: Path, **options: Any) -> Path:
-        """Write ``model`` (eager ``alignn_atomwise_pure``, trained weights) to ``output``."""
+        """Write ``model`` (eager ``alignn_atomwise_pure[_smooth]``, trained) to ``output``."""
         from alignn_torchscript.export import export_torchscript
 
         return export_torchscript(model, config, Path(output), **options).path

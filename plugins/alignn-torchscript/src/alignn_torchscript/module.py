@@ -1,4 +1,5 @@
-"""The module inside an exported file: ``alignn_atomwise_pure`` driven by a host's neighbour list.
+"""The module inside an exported file: ``alignn_atomwise_pure`` (or ``_smooth``) driven by a host's
+neighbour list.
 
 :class:`ExportedALIGNN` subclasses the eager :class:`ALIGNNAtomWisePure` so that the exported
 file runs *the same* tensor-only helpers (``_node_features``, ``_energies``,
@@ -33,6 +34,7 @@ import torch
 from alignn_torch.config import ALIGNNAtomWisePureConfig
 from alignn_torch.graphs.line_graph import angle_cosines, line_graph_triplets
 from alignn_torch.model.alignn_atomwise_pure import SPECIES_TABLE_ROWS, ALIGNNAtomWisePure
+from alignn_torch.model.alignn_atomwise_pure_smooth import ALIGNNAtomWisePureSmooth
 
 
 @dataclass(frozen=True)
@@ -258,9 +260,8 @@ class ExportedALIGNN(ALIGNNAtomWisePure):
         x = self._node_features(features, r, src, dst, lg_src, lg_dst, lg_cos)
         node_graph = torch.zeros(num_atoms, dtype=torch.long, device=x.device)
         n_atoms = torch.full((1,), num_atoms, dtype=torch.long, device=x.device)
-        pooled = x.new_zeros((1, x.shape[1])).index_add_(0, node_graph, x)
-        pooled = pooled / n_atoms.to(dtype).clamp(min=1).unsqueeze(1)  # eager's mean pooling
-        out = self.fc(pooled).squeeze(1)  # [1]: output_features == 1 is checked at export
+        # eager's readout; [1]: output_features == 1 is checked at export
+        out, _ = self._readout(x, features, node_graph, n_atoms)
         edge_graph = torch.zeros(src.shape[0], dtype=torch.long, device=x.device)
         out, energy = self._energies(
             out, torch.linalg.norm(r, dim=1), atomic_numbers, src, dst, edge_graph, n_atoms
@@ -346,3 +347,13 @@ class ExportedALIGNN(ALIGNNAtomWisePure):
                     + ".."
                     + str(highest)
                 )
+
+
+class ExportedALIGNNSmooth(ExportedALIGNN, ALIGNNAtomWisePureSmooth):
+    """``alignn_atomwise_pure_smooth`` with the same entry points as :class:`ExportedALIGNN`.
+
+    Only the base class changes: the smooth model's overrides (bases, readout, energies) are
+    what ``forward_tensors_z`` calls. Triplets follow the neighbour contract's
+    ``three_body_cutoff``, i.e. the graph settings training used (upstream's smooth export
+    builds them from every edge instead, so its energies differ from training's).
+    """

@@ -15,8 +15,10 @@ Deliberate differences from upstream (each documented where it happens):
 * ``atomwise_pred`` is returned whenever the per-atom head exists (upstream needs
   ``atomwise_weight != 0`` as well, so inference with a zero weight got nothing).
 
-The per-structure math lives in tensor-only methods (``_node_features``, ``_energies``,
-``_forces_and_stress``) that take no config objects, so a TorchScript exporter can reuse them.
+The per-structure math lives in tensor-only methods (``_node_features`` with
+``_edge_features``/``_angle_features``, ``_readout``, ``_energies``, ``_forces_and_stress``) that
+take no config objects, so a TorchScript exporter can reuse them and a variant
+(``alignn_atomwise_pure_smooth``) overrides only the ones whose math differs.
 """
 
 from __future__ import annotations
@@ -136,24 +138,51 @@ class ALIGNNAtomWisePure(nn.Module):
         """
         distance = torch.linalg.norm(r, dim=1)  # [E]
         x = self.atom_embedding(atom_features)  # [N, H]
-        if self.use_cutoff_function:
-            envelope = cutoff_envelope(distance, self.inner_cutoff, self.exponent)  # [E]
-            if self.multiply_cutoff:
-                y = self.edge_embedding(distance) * envelope.unsqueeze(1)  # [E, H]
-            else:
-                # Upstream feeds the envelope *value* (in [0, 1]) to the bond RBF, so only the
-                # lowest bins are ever active. Kept for checkpoint compatibility.
-                y = self.edge_embedding(envelope)
-        else:
-            y = self.edge_embedding(distance)  # [E, H]
+        y = self._edge_features(distance)  # [E, H]
         if len(self.alignn_layers) > 0:
             cos = angle_cosines(r, lg_src, lg_dst) if self.lg_on_fly else lg_cos  # [T]
-            z = self.angle_embedding(cos)  # [T, H]
+            z = self._angle_features(cos)  # [T, H]
             for block in self.alignn_layers:
                 x, y, z = block(x, y, z, src, dst, lg_src, lg_dst)
         for conv in self.gcn_layers:
             x, y = conv(x, y, src, dst)
         return x
+
+    def _edge_features(self, distance: torch.Tensor) -> torch.Tensor:
+        """Bond lengths [E] -> embedded bond features [E, H] (RBF, optional envelope)."""
+        if self.use_cutoff_function:
+            envelope = cutoff_envelope(distance, self.inner_cutoff, self.exponent)  # [E]
+            if self.multiply_cutoff:
+                return self.edge_embedding(distance) * envelope.unsqueeze(1)  # [E, H]
+            # Upstream feeds the envelope *value* (in [0, 1]) to the bond RBF, so only the
+            # lowest bins are ever active. Kept for checkpoint compatibility.
+            return self.edge_embedding(envelope)
+        return self.edge_embedding(distance)  # [E, H]
+
+    def _angle_features(self, cos: torch.Tensor) -> torch.Tensor:
+        """Bond-angle cosines [T] -> embedded triplet features [T, H]."""
+        return self.angle_embedding(cos)
+
+    def _readout(
+        self,
+        x: torch.Tensor,
+        atom_features: torch.Tensor,
+        node_graph: torch.Tensor,
+        n_atoms: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Atom features x [N, H] -> (raw head ``out`` [B] or [B, D], pooled features [B, H]).
+
+        Mean over each graph's atoms, then ``fc``. ``atom_features`` is unused here; a subclass
+        may read it (the smooth model's AtomRef baseline).
+        """
+        num_graphs = int(n_atoms.shape[0])
+        count = n_atoms.to(x.dtype).clamp(min=1)  # [B]
+        pooled = x.new_zeros((num_graphs, x.shape[1])).index_add_(0, node_graph, x)
+        pooled = pooled / count.unsqueeze(1)  # [B, H] mean over each graph's atoms
+        out = self.fc(pooled)  # [B, D]
+        if out.shape[1] == 1:
+            out = out.squeeze(1)  # [B]
+        return out, pooled
 
     def _energies(
         self,
@@ -257,8 +286,9 @@ class ALIGNNAtomWisePure(nn.Module):
             r = graph.r.to(dtype)
             if want_grad and not r.requires_grad:
                 r = r.detach().requires_grad_()  # leaf: dE/dr is the pair force
+            features = graph.atom_features.to(dtype)  # [N, F]
             x = self._node_features(
-                graph.atom_features.to(dtype),
+                features,
                 r,
                 graph.src,
                 graph.dst,
@@ -266,13 +296,7 @@ class ALIGNNAtomWisePure(nn.Module):
                 graph.lg_dst,
                 graph.lg_cos.to(dtype),
             )
-            num_graphs = graph.num_graphs
-            count = graph.n_atoms.to(dtype).clamp(min=1)  # [B]
-            pooled = x.new_zeros((num_graphs, x.shape[1])).index_add_(0, graph.node_graph, x)
-            pooled = pooled / count.unsqueeze(1)  # [B, H] mean over each graph's atoms
-            out = self.fc(pooled)  # [B, D]
-            if out.shape[1] == 1:
-                out = out.squeeze(1)  # [B]
+            out, pooled = self._readout(x, features, graph.node_graph, graph.n_atoms)
             out, energy = self._energies(
                 out,
                 torch.linalg.norm(r, dim=1),

@@ -1,14 +1,17 @@
-"""The :class:`~alignn_core.protocols.ModelPlugin` object for ``alignn_atomwise_pure``.
+"""The :class:`~alignn_core.protocols.ModelPlugin` objects for ``alignn_atomwise_pure`` and
+``alignn_atomwise_pure_smooth``.
 
-The plugin module (``alignn_torch.plugin``) registers :data:`ALIGNN_ATOMWISE_PURE` through the
-``register_models`` hook, exactly as a third-party model would be registered.
+The plugin module (``alignn_torch.plugin``) registers :data:`ALIGNN_ATOMWISE_PURE` and
+:data:`ALIGNN_ATOMWISE_PURE_SMOOTH` through the ``register_models`` hook, exactly as a
+third-party model would be registered.
 """
 
 from __future__ import annotations
 
 from alignn_core.config.model import ModelConfig
-from alignn_torch.config import ALIGNNAtomWisePureConfig
+from alignn_torch.config import ALIGNNAtomWisePureConfig, ALIGNNAtomWisePureSmoothConfig
 from alignn_torch.model.alignn_atomwise_pure import ALIGNNAtomWisePure
+from alignn_torch.model.alignn_atomwise_pure_smooth import ALIGNNAtomWisePureSmooth
 
 
 class AlignnAtomwisePurePlugin:
@@ -20,12 +23,34 @@ class AlignnAtomwisePurePlugin:
 
     def build(self, config: ModelConfig) -> ALIGNNAtomWisePure:
         """Create the module (float32 parameters; cast with ``.double()`` as needed)."""
-        if not isinstance(config, ALIGNNAtomWisePureConfig):
+        # The smooth config subclasses the pure one but lacks some of its fields.
+        if not isinstance(config, ALIGNNAtomWisePureConfig) or isinstance(
+            config, ALIGNNAtomWisePureSmoothConfig
+        ):
             raise TypeError(
                 f"{self.name} needs an ALIGNNAtomWisePureConfig, got {type(config).__name__}"
             )
         return ALIGNNAtomWisePure(config)
 
 
+class AlignnAtomwisePureSmoothPlugin:
+    """Builds :class:`ALIGNNAtomWisePureSmooth`; consumes the same ``torch`` graphs."""
+
+    name = "alignn_atomwise_pure_smooth"
+    config_class = ALIGNNAtomWisePureSmoothConfig
+    backend = "torch"
+
+    def build(self, config: ModelConfig) -> ALIGNNAtomWisePureSmooth:
+        """Create the module (float32 parameters; cast with ``.double()`` as needed)."""
+        if not isinstance(config, ALIGNNAtomWisePureSmoothConfig):
+            raise TypeError(
+                f"{self.name} needs an ALIGNNAtomWisePureSmoothConfig, got {type(config).__name__}"
+            )
+        return ALIGNNAtomWisePureSmooth(config)
+
+
 ALIGNN_ATOMWISE_PURE = AlignnAtomwisePurePlugin()
-"""The instance the plugin hook registers."""
+"""The instance the plugin hook registers for ``alignn_atomwise_pure``."""
+
+ALIGNN_ATOMWISE_PURE_SMOOTH = AlignnAtomwisePureSmoothPlugin()
+"""The instance the plugin hook registers for ``alignn_atomwise_pure_smooth``."""
