@@ -11,9 +11,11 @@ import traceback
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from alignn_core import __version__
 from alignn_core.cli import (
+    bench_command,
     config_commands,
     md_command,
     plugin_commands,
@@ -56,6 +58,7 @@ app.command("relax")(relax_command.relax)
 app.command("md")(md_command.md)
 app.add_typer(plugin_commands.plugins_app, name="plugins")
 app.add_typer(config_commands.config_app, name="config")
+app.add_typer(bench_command.bench_app, name="bench")
 
 
 def _add_plugin_commands() -> None:
@@ -80,7 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         if debug:
             traceback.print_exc()
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        # escaped: a message's "[n_atoms, 3]" is text, not a rich style tag to swallow
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False,
+                          soft_wrap=True)  # fmt: skip
         code = exc.exit_code
     except KeyboardInterrupt:
         err_console.print("interrupted")
@@ -89,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             traceback.print_exc()
         err_console.print(
-            f"[bold red]error:[/] {type(exc).__name__}: {exc} (run with --debug for the traceback)",
+            f"[bold red]error:[/] {type(exc).__name__}: {escape(str(exc))} (run with --debug for "
+            "the traceback)",
             highlight=False, soft_wrap=True,
         )  # fmt: skip
         code = 1
