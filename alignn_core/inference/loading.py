@@ -112,12 +112,58 @@ def read_model_config(config_path: Path) -> tuple[Any, str, list[str]]:
 
 def read_state_dict(checkpoint: Path) -> dict[str, torch.Tensor]:
     """Weights from a checkpoint, never unpickling code (``weights_only=True``)."""
-    state = load_torch(checkpoint)
-    if isinstance(state, dict) and isinstance(state.get("model"), dict):
-        state = state["model"]  # upstream property checkpoints: {"model": state_dict, ...}
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ModelError(f"{checkpoint}: not a state_dict (expected a mapping of name -> tensor)")
-    return state
+    return as_state_dict(load_torch(checkpoint), checkpoint)
+
+
+def as_state_dict(obj: Any, source: Path) -> dict[str, torch.Tensor]:
+    """``obj`` as a state dict: a mapping of name -> tensor, or one nested under ``"model"``
+    (upstream property checkpoints, and our ``current_state.pt``)."""
+    if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
+        obj = obj["model"]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ModelError(f"{source}: not a state_dict (expected a mapping of name -> tensor)")
+    return obj
+
+
+def load_weights(module: torch.nn.Module, state: dict[str, torch.Tensor], *, source: Path,
+                 model: str, fix: str) -> None:  # fmt: skip
+    """Load ``state`` into ``module`` strictly (inference and the trainer's resume share this).
+
+    A mismatch is one :class:`ModelError` line, ``SOURCE: weights do not fit the model MODEL
+    (DETAIL); FIX``, where DETAIL names the first parameter whose shape differs with both shapes
+    (and how many more differ), or the missing and unexpected names. A model's own load check
+    (e.g. ``model.node_update``) keeps its message, prefixed with ``SOURCE``.
+    """
+    try:
+        module.load_state_dict(state, strict=True)
+        return
+    except ModelError as exc:  # raised by the model's own check, before the key/shape check
+        raise ModelError(f"{source}: {exc}") from None
+    except RuntimeError as exc:
+        detail = weights_mismatch(module, state) or _first_reason(exc)
+    raise ModelError(f"{source}: weights do not fit the model {model} ({detail}); {fix}")
+
+
+def weights_mismatch(module: torch.nn.Module, state: dict[str, torch.Tensor]) -> str | None:
+    """What keeps ``state`` from loading into ``module`` (None when names and shapes fit)."""
+    expected = module.state_dict()
+    shapes = [
+        f"size mismatch for {name}: checkpoint shape {list(state[name].shape)}, model shape "
+        f"{list(tensor.shape)}"
+        for name, tensor in expected.items()
+        if name in state and tuple(state[name].shape) != tuple(tensor.shape)
+    ]
+    missing, unexpected = _key_mismatch(module, state)
+    parts = []
+    if shapes:
+        more = len(shapes) - 1
+        parts.append(shapes[0] + (f", and {more} more parameter{'s' * (more > 1)} differ"
+                                   if more else ""))  # fmt: skip
+    if missing:
+        parts.append(f"missing {_few(missing)}")
+    if unexpected:
+        parts.append(f"unexpected {_few(unexpected)}")
+    return "; ".join(parts) or None
 
 
 @contextmanager
@@ -162,19 +208,8 @@ def load_model(
         # the DGL model has no species-table buffer (a lookup table for exporters, unused by
         # the eager forward): keep the pure model's zeros
         state["_species_table"] = module.state_dict()["_species_table"]
-    try:
-        module.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        missing, unexpected = _key_mismatch(module, state)
-        detail = "; ".join(
-            part for part in (
-                f"missing {_few(missing)}" if missing else "",
-                f"unexpected {_few(unexpected)}" if unexpected else "",
-            ) if part
-        ) or _first_reason(exc)  # fmt: skip
-        raise ModelError(
-            f"{checkpoint}: weights do not fit the model described in {config_path} ({detail})"
-        ) from None
+    load_weights(module, state, source=checkpoint, model=f"described in {config_path}",
+                 fix="use the config.json the checkpoint was trained with")  # fmt: skip
     module = module.to(target, DTYPES[dtype_name]).eval()
     return InferenceModel(module, config, plugin=plugin, backend=backend, device=target,
                           dtype=dtype_name, source=Path(path), checkpoint=checkpoint,

@@ -49,7 +49,9 @@ def read_structure(path: Path, file_format: str = "auto") -> Structure:
     atoms = read_ase(path, file_format)
     if len(atoms) == 0:
         raise DataError(f"{path}: structure has no atoms")
-    if not atoms.get_pbc().any() or abs(atoms.cell.volume) < 1e-12:
+    # no cell at all (XYZ/PDB molecules): boxed. A periodic file with a degenerate cell (a
+    # POSCAR with parallel lattice vectors) is an error from _checked, not silently a molecule.
+    if not atoms.get_pbc().any() or not atoms.cell.array.any():
         atoms.set_cell(np.eye(3) * MOLECULE_BOX)
         atoms.center()
         atoms.set_pbc(False)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
+
+from alignn_core.training.atomic import save_bytes
 
 
 def write_report(path: Path, history: list[dict], predictions: dict[str, list[dict]]) -> Path:
@@ -35,8 +38,10 @@ def write_report(path: Path, history: list[dict], predictions: dict[str, list[di
         _parity(
             axes[2], predictions, "forces_target", "forces_prediction", "Force components (eV/Å)"
         )
-    fig.savefig(path, dpi=110)
+    buffer = io.BytesIO()  # rendered in memory, then written atomically like every other output
+    fig.savefig(buffer, format="png", dpi=110)
     plt.close(fig)
+    save_bytes(buffer.getvalue(), path)
     return path
 
 

@@ -16,17 +16,19 @@ from pathlib import Path
 import numpy as np
 import torch
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 from torch.utils.data import DataLoader
 
 from alignn_core.data.samples import make_collate
 from alignn_core.data.splits import overlap_count, split_indices
-from alignn_core.errors import ConfigError, PluginError, UserError
+from alignn_core.errors import ConfigError, DataError, ModelError, PluginError, UserError
+from alignn_core.inference.loading import as_state_dict, load_weights, read_state_dict
 from alignn_core.io.id_prop import DataKeys, read_dataset
 from alignn_core.plugins import FIRST_PARTY_BACKENDS, get_registry
 from alignn_core.training import distributed, outputs
-from alignn_core.training.atomic import load_torch, save_json, save_torch
+from alignn_core.training.atomic import load_torch, remove_temp_files, save_json, save_torch
 from alignn_core.training.evaluation import EpochStats, autocast_context, evaluate
 from alignn_core.training.losses import compute_losses
 from alignn_core.training.optim import make_optimizer, make_scheduler
@@ -35,6 +37,18 @@ from alignn_core.training.report import write_report
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16,
           "bfloat": torch.bfloat16, "bfloat16": torch.bfloat16}  # fmt: skip
 FINISHED_MARKER = "run_summary.json"
+RESUME_STATE = "current_state.pt"
+RUN_OUTPUTS = (
+    FINISHED_MARKER,  # first: a run whose outputs are half removed never looks finished
+    "best_model.pt", "last_model.pt", "current_model.pt", RESUME_STATE, "history.json",
+    "history_train.json", "history_val.json", "ids_train_val_test.json",
+    *(f"predictions_{split}.{ext}" for split in ("train", "val", "test")
+      for ext in ("csv", "json")),
+    "Train_results.json", "Val_results.json", "Test_results.json",
+    "prediction_results_test_set.csv", "report.png",
+)  # fmt: skip
+"""Files a run writes into its output directory (``--overwrite`` removes them; not the cache)."""
+RESUME_KEYS = ("epoch", "optimizer", "scheduler", "best_loss", "torch_rng")
 UPSTREAM_TERMS = ("graph", "atomwise", "forces", "stress", "additional")
 """Loss terms in the column order of upstream's history files (after the total)."""
 
@@ -139,18 +153,39 @@ class Trainer:
             self.console = Console(quiet=True)
 
     # -- set-up -------------------------------------------------------------------------
-    def _prepare_output_dir(self) -> None:
+    def _check_output_dir(self) -> None:
+        """Refuse, before anything is read or written, to replace a run that ``--overwrite`` or
+        ``resume_checkpoint`` was not asked for: a finished one, or one that could be resumed."""
         out = self.output_dir
-        if not self.dist.is_main:
+        if not self.dist.is_main or self.overwrite or self.config.resume_checkpoint:
             return
-        if (out / FINISHED_MARKER).exists() and not (
-            self.overwrite or self.config.resume_checkpoint
-        ):
+        if out.exists() and not out.is_dir():
+            raise UserError(f"{out}: exists and is not a directory; choose another --output-dir")
+        if (out / FINISHED_MARKER).exists():
             raise UserError(
                 f"{out}: holds a finished run; choose another --output-dir, pass --overwrite, "
                 "or set resume_checkpoint to continue it"
             )
+        if (out / RESUME_STATE).exists():
+            raise UserError(
+                f"{out}: holds an unfinished run ({RESUME_STATE} but no {FINISHED_MARKER}); set "
+                "resume_checkpoint to continue it, pass --overwrite to start again, or choose "
+                "another --output-dir"
+            )
+
+    def _prepare_output_dir(self) -> None:
+        """Called once the config, the data and any checkpoint to resume have been checked, so
+        a mistake leaves the output directory as it was."""
+        out = self.output_dir
+        if not self.dist.is_main:
+            return
+        if out.exists() and not out.is_dir():
+            raise UserError(f"{out}: exists and is not a directory; choose another --output-dir")
         out.mkdir(parents=True, exist_ok=True)
+        remove_temp_files(out)  # of writes a killed run left unfinished
+        if self.overwrite and not self.config.resume_checkpoint:
+            for name in RUN_OUTPUTS:  # no stale file of the old run may pass for a new one
+                (out / name).unlink(missing_ok=True)
         save_json(self.config.model_dump(mode="json"), out / "config.json")
 
     def _read_records(self):
@@ -222,7 +257,7 @@ class Trainer:
     def _run(self) -> RunSummary:
         config = self.config
         start = time.perf_counter()
-        self._prepare_output_dir()
+        self._check_output_dir()
         self._notices()
         records = self._read_records()
         split = split_indices(len(records), config)
@@ -234,7 +269,9 @@ class Trainer:
             )
         elements = {int(z) for i in split.train for z in records[i].structure.numbers}
         for warning in config.model.dataset_warnings(elements):
-            self.console.print(f"[yellow]warning:[/] {warning}", soft_wrap=True)
+            self.console.print(f"[yellow]warning:[/] {escape(warning)}", soft_wrap=True)
+        resume = self._read_resume() if config.resume_checkpoint else None
+        self._prepare_output_dir()
         if self.dist.is_main:
             save_json(
                 {f"id_{name}": [records[i].id for i in getattr(split, name)]
@@ -247,16 +284,7 @@ class Trainer:
         )
         datasets = self._datasets(records, split)
         seed_everything(config.random_seed, config.deterministic, self.device)
-        # Constructed under the run's dtype, as upstream does: RBF gamma is derived from the
-        # centres at construction and is not in the checkpoint (load_model relies on this).
-        previous = torch.get_default_dtype()
-        torch.set_default_dtype(self.dtype if self.dtype.is_floating_point and
-                                self.dtype.itemsize >= 4 else torch.float32)  # fmt: skip
-        try:
-            model = self.model_plugin.build(config.model)
-        finally:
-            torch.set_default_dtype(previous)
-        model = model.to(self.device, self.dtype)
+        model = self._build_model().to(self.device, self.dtype)
         train_model = self.dist.wrap(model, self.device, config)
         sampler = self.dist.train_sampler(datasets["train"],
                                           self.dist.shared_seed(config.random_seed))  # fmt: skip
@@ -266,7 +294,8 @@ class Trainer:
         scheduler = make_scheduler(optimizer, config, len(train_loader))
         history, best_loss, best_epoch, first_epoch = [], float("inf"), 0, 0
         if config.resume_checkpoint:
-            first_epoch, best_loss, best_epoch, history = self._resume(model, optimizer, scheduler)
+            first_epoch, best_loss, best_epoch, history = self._resume(model, optimizer, scheduler,
+                                                                       resume)  # fmt: skip
 
         stale = 0
         best_state = None
@@ -333,7 +362,7 @@ class Trainer:
             notes.append("use_lmdb is true but no LMDB cache plugin is installed: graphs are "
                          "built in memory")  # fmt: skip
         for note in notes:
-            self.console.print(f"note: {note}", soft_wrap=True, highlight=False)
+            self.console.print(f"note: {escape(note)}", soft_wrap=True, highlight=False)
 
     def _train_epoch(self, model, loader, optimizer, scheduler, epoch: int) -> EpochStats:
         config = self.config
@@ -365,18 +394,24 @@ class Trainer:
             scheduler.step()
         return self.dist.merge_stats(stats)
 
+    def _build_model(self) -> torch.nn.Module:
+        """The model, constructed under the run's dtype, as upstream does: RBF gamma is derived
+        from the centres at construction and is not in the checkpoint (load_model relies on
+        this)."""
+        previous = torch.get_default_dtype()
+        torch.set_default_dtype(self.dtype if self.dtype.is_floating_point and
+                                self.dtype.itemsize >= 4 else torch.float32)  # fmt: skip
+        try:
+            return self.model_plugin.build(self.config.model)
+        finally:
+            torch.set_default_dtype(previous)
+
     def _save_epoch(self, model, optimizer, scheduler, epoch, best_loss, best_epoch, history):
         out = self.output_dir
         if not self.dist.is_main:
             return
         if self.config.write_checkpoint:
             save_torch(model.state_dict(), out / "current_model.pt")
-            save_torch(
-                {"epoch": epoch + 1, "optimizer": optimizer.state_dict(),
-                 "scheduler": scheduler_state(scheduler), "best_loss": best_loss,
-                 "best_epoch": best_epoch, "torch_rng": torch.get_rng_state()},
-                out / "current_state.pt",
-            )  # fmt: skip
         save_json(history, out / "history.json")
         for split in ("train", "val"):
             rows = [
@@ -384,22 +419,64 @@ class Trainer:
                 for h in history
             ]
             save_json(rows, out / f"history_{split}.json")
+        if self.config.write_checkpoint:
+            # Written last, and self-contained (weights and history too): a run killed at any
+            # moment resumes from one consistent epoch, whichever other files were replaced.
+            save_torch(
+                {"epoch": epoch + 1, "optimizer": optimizer.state_dict(),
+                 "scheduler": scheduler_state(scheduler), "best_loss": best_loss,
+                 "best_epoch": best_epoch, "torch_rng": torch.get_rng_state(),
+                 "model": model.state_dict(), "history": history},
+                out / RESUME_STATE,
+            )  # fmt: skip
 
-    def _resume(self, model, optimizer, scheduler):
+    def _read_resume(self):
+        """Rank 0 reads and checks what to resume from before anything is written, so a missing,
+        corrupt or mismatching checkpoint costs seconds and leaves the run directory as it was.
+        Returns ``(weights, state, history)`` (None on the other ranks)."""
+        if not self.dist.is_main:
+            return None
         out = self.output_dir
-        state_path, model_path = out / "current_state.pt", out / "current_model.pt"
-        loaded = None
-        if self.dist.is_main:  # rank 0 reads; every rank loads what it read
-            if not state_path.exists() or not model_path.exists():
+        state_path, model_path = out / RESUME_STATE, out / "current_model.pt"
+        if not state_path.exists():
+            raise UserError(f"{out}: resume_checkpoint is set but there is no current_state.pt "
+                            "and current_model.pt to resume from")  # fmt: skip
+        state = load_torch(state_path)
+        absent = [key for key in RESUME_KEYS if not isinstance(state, dict) or key not in state]
+        if absent:
+            raise ModelError(
+                f"{state_path}: not a training state written by alignn run (no {absent[0]!r}); "
+                "start a new run in another --output-dir"
+            )
+        if "model" in state:  # the weights of the same epoch
+            source, weights = state_path, as_state_dict(state["model"], state_path)
+        else:  # written before current_state.pt held the weights
+            if not model_path.exists():
                 raise UserError(f"{out}: resume_checkpoint is set but there is no "
                                 "current_state.pt and current_model.pt to resume from")  # fmt: skip
-            history_path = out / "history.json"
-            history = json.loads(history_path.read_text()) if history_path.exists() else []
-            loaded = (load_torch(model_path), load_torch(state_path), history)
-        model_state, state, history = self.dist.broadcast(loaded)
-        model.load_state_dict(model_state)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
+            source, weights = model_path, read_state_dict(model_path)
+        load_weights(self._build_model(), weights, source=source, model="of this config",
+                     fix=f"resume with the config the run was started with "
+                         f"({out / 'config.json'}), or train in another --output-dir")  # fmt: skip
+        history = state.get("history")
+        if not isinstance(history, list):
+            history = _read_history(out / "history.json")
+        rest = {key: value for key, value in state.items() if key not in ("model", "history")}
+        return weights, rest, history  # broadcast to the other ranks: each part once
+
+    def _resume(self, model, optimizer, scheduler, loaded):
+        weights, state, history = self.dist.broadcast(loaded)  # every rank loads what 0 read
+        model.load_state_dict(weights)  # checked against this config by _read_resume
+        try:
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ModelError(
+                f"{self.output_dir / RESUME_STATE}: the optimizer state does not fit this config "
+                f"({reason}); resume with the config the run was started with, or train in "
+                "another --output-dir"
+            ) from None
         torch.set_rng_state(state["torch_rng"])
         history = history[: state["epoch"]]
         self.console.print(f"resuming after epoch {state['epoch']}")
@@ -456,3 +533,17 @@ class Trainer:
             table.add_row(split, *[f"{metrics[k]:.4g}" if k in metrics else "" for k in keys])
         self.console.print(table)
         self.console.print(f"outputs in {summary.output_dir} ({summary.seconds:.1f}s)")
+
+
+def _read_history(path: Path) -> list:
+    """``history.json`` of a run being resumed (only for state files that do not hold it)."""
+    if not path.exists():
+        return []
+    try:
+        history = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(f"{path}: not valid JSON ({exc}); resume_checkpoint cannot continue "
+                        "its history") from None  # fmt: skip
+    if not isinstance(history, list):
+        raise DataError(f"{path}: expected a JSON list of epochs")
+    return history
