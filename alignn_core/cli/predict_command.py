@@ -9,6 +9,7 @@ tensile positive, Voigt order xx yy zz yz xz xy; empty for non-periodic structur
 from __future__ import annotations
 
 import csv
+import io
 import json
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from alignn_core.cli.simulation_io import DEVICE_HELP, DTYPE_HELP
 from alignn_core.errors import UserError
+from alignn_core.training.atomic import save_text
 
 err_console = Console(stderr=True)
 FORCE_FORMATS = {".extxyz": "extxyz", ".xyz": "extxyz", ".json": "json"}
@@ -80,25 +82,26 @@ def write_csv(path: Path, predictions) -> None:
     if stresses:
         header += [f"stress_{name}" for name, _, _ in VOIGT]
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(header)
-        for p in predictions:
-            formula = p.structure.to_ase().get_chemical_formula() if p.structure else ""
-            row: list[object] = [p.label, p.source or "", "" if p.frame is None else p.frame,
-                                 p.n_atoms, formula, *(repr(float(v)) for v in p.out)]  # fmt: skip
-            if energies:
-                if p.energy is None or p.forces is None:
-                    row += ["", "", ""]
-                else:
-                    fmax = float((p.forces**2).sum(axis=1).max() ** 0.5) if p.n_atoms else 0.0
-                    row += [repr(p.energy), repr(p.energy / p.n_atoms), repr(fmax)]
-            if stresses:
-                if p.stress is None:
-                    row += [""] * 6
-                else:
-                    row += [repr(float(p.stress[i, j])) for _, i, j in VOIGT]
-            writer.writerow(row)
+    handle = io.StringIO(newline="")
+    writer = csv.writer(handle)
+    writer.writerow(header)
+    for p in predictions:
+        formula = p.structure.to_ase().get_chemical_formula() if p.structure else ""
+        row: list[object] = [p.label, p.source or "", "" if p.frame is None else p.frame,
+                             p.n_atoms, formula, *(repr(float(v)) for v in p.out)]  # fmt: skip
+        if energies:
+            if p.energy is None or p.forces is None:
+                row += ["", "", ""]
+            else:
+                fmax = float((p.forces**2).sum(axis=1).max() ** 0.5) if p.n_atoms else 0.0
+                row += [repr(p.energy), repr(p.energy / p.n_atoms), repr(fmax)]
+        if stresses:
+            if p.stress is None:
+                row += [""] * 6
+            else:
+                row += [repr(float(p.stress[i, j])) for _, i, j in VOIGT]
+        writer.writerow(row)
+    save_text(handle.getvalue(), path)
 
 
 def write_forces(path: Path, fmt: str, predictions) -> None:
@@ -110,7 +113,7 @@ def write_forces(path: Path, fmt: str, predictions) -> None:
             "forces": None if p.forces is None else p.forces.tolist(),
             "stress_GPa": None if p.stress is None else p.stress.tolist(),
         } for p in predictions]  # fmt: skip
-        path.write_text(json.dumps(records, indent=1))
+        save_text(json.dumps(records, indent=1), path)
         return
     from ase.calculators.singlepoint import SinglePointCalculator
     from ase.io import write
@@ -126,4 +129,6 @@ def write_forces(path: Path, fmt: str, predictions) -> None:
             results["stress"] = stress_to_ase(p.stress)
         atoms.calc = SinglePointCalculator(atoms, **results)
         frames.append(atoms)
-    write(str(path), frames, format="extxyz")
+    text = io.StringIO()
+    write(text, frames, format="extxyz")
+    save_text(text.getvalue(), path)
