@@ -143,3 +143,26 @@ def test_bf16_autocast_trains(run_cli, tmp_path):
     assert code == 0, err
     history = json.loads((out / "history.json").read_text())
     assert all(v == v for v in history[0]["train"].values())  # finite, not NaN
+
+
+def test_upstream_mlearn_layout_and_one_element_warnings(run_cli, tmp_path):
+    """Upstream's mlearn folders repeat the test records as validation records, and a
+    one-element force field on node_update 'upstream' is geometry-blind at initialisation:
+    both get a one-line warning naming what to do."""
+    records = json.loads((EXAMPLES / "mlearn-cu" / "id_prop.json").read_text())
+    train, test = records[:6], records[-2:]
+    data = tmp_path / "cu"
+    data.mkdir()
+    (data / "id_prop.json").write_text(json.dumps(train + test + test))
+    config = json.loads((EXAMPLES / "mlearn-cu" / "config_reduced.json").read_text())
+    config.update({"epochs": 1, "batch_size": 4, "n_train": 6, "n_val": 2, "n_test": 2})
+    config["model"].update(SMALL)
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config))
+    code, stdout, err = run_cli("run", path, "--root-dir", data, "--output-dir", tmp_path / "o")
+    assert code == 0, err
+    text = " ".join(stdout.split())
+    assert ("warning: 2 of 2 test structures also appear in the validation set: the best model "
+            "is then selected on test data") in text  # fmt: skip
+    assert ("warning: one-element dataset with forces and model.node_update 'upstream'") in text
+    assert "use node_update 'gated_sum' (docs/elemental.md)" in text
