@@ -15,6 +15,7 @@ import pytest
 
 from alignn_core.bench import mlearn
 from alignn_core.errors import UserError
+from tests.conftest import EXAMPLES
 
 N_TRAIN, N_TEST = 12, 4
 TINY = ["--epochs", "1", "--hidden-features", "8", "--embedding-features", "8",
@@ -337,3 +338,15 @@ def test_switching_model_keeps_shared_fields(folder):
         assert config.config.model.radial_cutoff == 4.0
     assert "use_cutoff_function" in config.dropped
     assert math.isclose(getattr(config.config.model, "node_update_eps", 1e-4), 1e-4)
+
+
+def test_preset_survives_options_that_were_not_given() -> None:
+    """Options left at None must not mask the preset (a bug once trained the full config)."""
+    upstream = json.loads((EXAMPLES / "mlearn-cu" / "config_upstream.json").read_text())
+    options = {"cutoff": None, "max_neighbors": None, "model.hidden_features": None,
+               "model.gcn_layers": 3}  # fmt: skip
+    config = mlearn.base_config(upstream, "reduced", options)
+    assert (config["cutoff"], config["max_neighbors"]) == (5.0, 12)
+    assert config["model"]["hidden_features"] == 64
+    assert config["model"]["embedding_features"] == 64
+    assert config["model"]["gcn_layers"] == 3  # a given option beats the preset

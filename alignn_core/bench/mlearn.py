@@ -452,9 +452,9 @@ def base_config(upstream: dict, preset: str | None, options: dict[str, Any]) -> 
     data["model"]["energy_mult_natoms"] = True
     data["use_lmdb"] = False  # graphs in memory: no cache folders in every run directory
     data["write_predictions"] = True
-    for key, value in {**PRESETS.get(preset or "", {}), **options}.items():
-        if value is not None:
-            set_path(data, key, value)
+    given = {key: value for key, value in options.items() if value is not None}
+    for key, value in {**PRESETS.get(preset or "", {}), **given}.items():
+        set_path(data, key, value)
     return data
 
 
