@@ -73,6 +73,9 @@ def test_paired_configs_refuse_what_the_dgl_model_lacks(tmp_path):
     with pytest.raises(ConfigError, match="conv_type 'n_alignn' has no DGL model"):
         paired_configs(write_config(tmp_path, name="alignn_atomwise_pure", conv_type="n_alignn"),
                        small=True)  # fmt: skip
+    with pytest.raises(ConfigError, match="parity needs node_update 'upstream'"):
+        paired_configs(write_config(tmp_path, name="alignn_atomwise_pure",
+                                    node_update="gated_sum"), small=True)  # fmt: skip
 
 
 def test_run_parity_meets_the_targets(tmp_path):

@@ -37,7 +37,8 @@ from alignn_core.errors import ConfigError
 
 PURE = "alignn_atomwise_pure"
 DGL = "alignn_atomwise"
-PURE_ONLY_FIELDS = ("three_body_cutoff", "use_zbl", "zbl_cutoff", "conv_type", "num_heads")
+PURE_ONLY_FIELDS = ("three_body_cutoff", "use_zbl", "zbl_cutoff", "conv_type", "num_heads",
+                    "node_update", "node_update_norm", "node_update_eps")  # fmt: skip
 """Fields of the pure model's config that the DGL model's config does not have."""
 
 SMALL_MODEL = {"alignn_layers": 2, "gcn_layers": 1, "hidden_features": 32,
@@ -118,6 +119,10 @@ def paired_configs(
         if source.conv_type != "alignn":
             raise ConfigError(f"{path}: conv_type {source.conv_type!r} has no DGL model; "
                               "parity needs conv_type 'alignn'")  # fmt: skip
+        if source.node_update != "upstream" or source.node_update_eps != 1e-6:
+            raise ConfigError(f"{path}: the DGL model has upstream's node update (gated mean, "
+                              "eps 1e-6); parity needs node_update 'upstream' with "
+                              "node_update_eps 1e-6")  # fmt: skip
         if source.use_zbl:
             raise ConfigError(f"{path}: use_zbl is true but the DGL model has no ZBL term; "
                               "set use_zbl false (or leave it unset) to compare")  # fmt: skip
