@@ -8,21 +8,12 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from ase.io import read, write
 
 from tests.conftest import EXAMPLES
 from tests.inference_models import cu_atoms, make_run, molecule
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny structures gain nothing from intra-op threads, and on a busy machine OpenMP
-    spin-waiting made each step ~50x slower (0.6 s instead of 13 ms); restore afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 import alignn_core
 from alignn_core.config.graph_settings import GraphSettings
@@ -37,12 +36,7 @@ TOLERANCE = {"float64": (1e-9, 1e-12), "float32": (1e-5, 1e-6)}
 PARITY_RUNS = os.environ.get("ALIGNN_UPSTREAM_RUNS")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def assert_close(ours, reference, tol: tuple[float, float], what: str) -> None:

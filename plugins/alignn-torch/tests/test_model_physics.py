@@ -7,8 +7,6 @@ meaningful at 1e-7 relative. Finite differences evaluate all displaced geometrie
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import pytest
 import torch
@@ -35,14 +33,7 @@ SETTINGS = GraphSettings(
 STEP = 1e-5  # Å for positions, dimensionless for strain
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread() -> Iterator[None]:
-    """Tiny graphs gain nothing from intra-op threads, and on a busy 2-core machine OpenMP
-    spin-waiting made them ~100x slower; run this module single-threaded and restore after."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def build(structure: Structure) -> AtomGraph:

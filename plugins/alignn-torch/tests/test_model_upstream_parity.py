@@ -33,20 +33,14 @@ SETTING = "pure_c8_k12"
 # max |ours - upstream| <= RTOL * max |upstream| + ATOL, per output tensor
 TOLERANCE = {torch.float64: (1e-9, 1e-12), torch.float32: (1e-5, 1e-6)}
 
-pytestmark = pytest.mark.skipif(
-    not CASES or not (FIXTURES / "graphs.npz").is_file(),
-    reason=f"upstream model fixtures missing under {FIXTURES} (tools/reference/make_*_fixtures.py)",
-)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread() -> Iterator[None]:
-    """Tiny graphs gain nothing from intra-op threads, and on a busy 2-core machine OpenMP
-    spin-waiting made them ~100x slower; run this module single-threaded and restore after."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = [
+    pytest.mark.skipif(
+        not CASES or not (FIXTURES / "graphs.npz").is_file(),
+        reason=f"upstream model fixtures missing under {FIXTURES} "
+        "(tools/reference/make_*_fixtures.py)",
+    ),
+    pytest.mark.usefixtures("single_thread"),
+]
 
 
 @contextmanager

@@ -11,7 +11,6 @@ geometry-aware update sees geometry with the same parameters.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -31,12 +30,7 @@ SETTINGS = GraphSettings(
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def rattled_supercell(element: str, seed: int) -> Structure:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
-from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -46,12 +45,7 @@ def _sibling(name: str) -> ModuleType:
 physics = _sibling("test_model_physics.py")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def make_model(seed: int = 0, **overrides: object) -> ALIGNNAtomWisePureSmooth:
