@@ -20,10 +20,11 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from worker_protocol import serve
+from worker_protocol import serve, synchronize
 
 REPO = Path(__file__).resolve().parents[2]
 _CACHE: dict[str, Any] = {}
+DEVICE = torch.device("cpu")  # set from argv by __main__ (run_bench.py --device)
 
 
 def _config(name: str, inference: bool = False):
@@ -77,16 +78,17 @@ def _training_setup(n_structures: int):
                            config.model.loss_weights())[:n_structures]  # fmt: skip
     graphs = [build_graph(r.structure, config.graph_settings) for r in records]
     torch.manual_seed(0)
-    model = get_registry().models[config.model.name].build(config.model)
+    model = get_registry().models[config.model.name].build(config.model).to(DEVICE)
     return config, records, graphs, model, collate_graphs
 
 
 def task_train(request: dict[str, Any]) -> dict[str, Any]:
     """``steps`` optimiser steps (batch ``batch_size``) on prebuilt mlearn Cu graphs.
 
-    The step is what a training epoch repeats: collate, forward with forces (double backward),
-    energy + 10 x force L1 loss, backward, AdamW step. Graph building is not timed (the cache
-    row covers it); one untimed warm-up step first.
+    The step is what a training epoch repeats: collate (on the CPU, then one copy to the
+    device, as a data loader feeds a GPU), forward with forces (double backward), energy + 10 x
+    force L1 loss, backward, AdamW step. Graph building is not timed (the cache row covers it);
+    one untimed warm-up step first.
     """
     steps, batch_size = int(request["steps"]), int(request["batch_size"])
     _, records, graphs, model, collate = _training_setup(steps * batch_size)
@@ -97,10 +99,10 @@ def task_train(request: dict[str, Any]) -> dict[str, Any]:
     model.train()
 
     def step(index: list[int]) -> torch.Tensor:
-        output = model(collate([graphs[i] for i in index]))
-        loss = torch.nn.functional.l1_loss(output["out"].reshape(-1), energy[index])
+        output = model(collate([graphs[i] for i in index]).to(DEVICE))
+        loss = torch.nn.functional.l1_loss(output["out"].reshape(-1), energy[index].to(DEVICE))
         loss = loss + 10.0 * torch.nn.functional.l1_loss(
-            output["grad"], torch.cat([forces[i] for i in index])
+            output["grad"], torch.cat([forces[i] for i in index]).to(DEVICE)
         )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -108,9 +110,11 @@ def task_train(request: dict[str, Any]) -> dict[str, Any]:
         return loss
 
     step(batches[0])
+    synchronize(DEVICE)
     start = time.perf_counter()
     for index in batches:
         loss = step(index)
+    synchronize(DEVICE)
     seconds = time.perf_counter() - start
     return {"seconds": seconds, "items": len(records), "steps": len(batches),
             "final_loss": float(loss.detach())}  # fmt: skip
@@ -127,47 +131,69 @@ def _inference_setup(structures: str, batch: int):
         config = _config("config_reduced.json", inference=True)
         if "model" not in _CACHE:
             torch.manual_seed(0)
-            model = get_registry().models[config.model.name].build(config.model).eval()
+            model = get_registry().models[config.model.name].build(config.model)
+            model = model.to(DEVICE).eval()
             _CACHE["model"] = (model, config)
         cells = _structures(structures)[:batch]
-        graph = collate_graphs([build_graph(s, config.graph_settings) for s in cells])
+        graph = collate_graphs([build_graph(s, config.graph_settings) for s in cells]).to(DEVICE)
         _CACHE[key] = (graph, cells)
     return _CACHE["model"], _CACHE[key]
 
 
-def _torchscript(model, config):
-    """Our TorchScript export of the benchmark model (exported once per worker)."""
-    if "torchscript" not in _CACHE:
-        from alignn_torchscript.export import export_run
+def _exported(model, config, scripted: bool):
+    """The exported module (``alignn_torchscript.export.exported_module``) of the benchmark
+    model, scripted and saved/loaded as a host loads the file, or left eager: the same entry
+    point (``forward_tensors_z`` from a neighbour list) with and without TorchScript."""
+    key = "torchscript" if scripted else "exported_eager"
+    if key not in _CACHE:
+        from alignn_torchscript.export import export_run, exported_module
 
-        work = Path(tempfile.mkdtemp(prefix="bench_ts_"))
-        (work / "config.json").write_text(json.dumps(config.model_dump(mode="json")))
-        torch.save(model.state_dict(), work / "best_model.pt")
-        _CACHE["torchscript"] = torch.jit.load(str(export_run(work, work / "ours.pt").path))
-    return _CACHE["torchscript"]
+        if scripted:
+            work = Path(tempfile.mkdtemp(prefix="bench_ts_"))
+            (work / "config.json").write_text(json.dumps(config.model_dump(mode="json")))
+            torch.save({k: v.cpu() for k, v in model.state_dict().items()},
+                       work / "best_model.pt")  # fmt: skip
+            path = export_run(work, work / "ours.pt").path
+            _CACHE[key] = torch.jit.load(str(path), map_location=DEVICE)
+        else:
+            _CACHE[key] = exported_module(model, config, torch.float32).to(DEVICE)
+    return _CACHE[key]
+
+
+def _neighbor_inputs(structures: str, cell, settings) -> tuple[torch.Tensor, ...]:
+    """What a host passes to ``forward_tensors_z``: geometry and our capped neighbour list."""
+    from alignn_torch.graphs.strategies import neighbor_list
+
+    key = f"ts-inputs:{structures}"
+    if key not in _CACHE:
+        edges, _ = neighbor_list(cell, settings)
+        arrays = (cell.positions, cell.cell, cell.numbers, edges.src, edges.dst, edges.shift)
+        _CACHE[key] = tuple(torch.from_numpy(a).to(DEVICE) for a in arrays)
+    return _CACHE[key]
 
 
 def task_infer(request: dict[str, Any]) -> dict[str, Any]:
-    """One energy+forces+stress evaluation of a prebuilt (batched) graph, or of our TorchScript
-    export (``mode: torchscript``, single structure: it builds its line graph from the edge list,
-    with the graph executor's optimisation off as docs/export.md recommends)."""
-    (model, config), (graph, cells) = _inference_setup(request["structures"], request["batch"])
-    if request["mode"] == "torchscript":
-        from alignn_torch.graphs.strategies import neighbor_list
+    """One energy+forces+stress evaluation.
 
-        key = f"ts-inputs:{request['structures']}"
-        if key not in _CACHE:
-            edges, _ = neighbor_list(cells[0], config.graph_settings)
-            _CACHE[key] = tuple(torch.from_numpy(a) for a in (
-                cells[0].positions, cells[0].cell, cells[0].numbers, edges.src, edges.dst,
-                edges.shift))  # fmt: skip
-        scripted, inputs = _torchscript(model, config), _CACHE[key]
+    ``mode``: ``eager`` evaluates a prebuilt (batched) graph; ``torchscript`` and
+    ``exported_eager`` call the exported module from a neighbour list (single structure: it
+    filters, caps and builds its line graph itself), scripted (graph executor optimisation off,
+    as docs/export.md recommends) or not.
+    """
+    (model, config), (graph, cells) = _inference_setup(request["structures"], request["batch"])
+    if request["mode"] in ("torchscript", "exported_eager"):
+        module = _exported(model, config, scripted=request["mode"] == "torchscript")
+        inputs = _neighbor_inputs(request["structures"], cells[0], config.graph_settings)
+        synchronize(DEVICE)
         start = time.perf_counter()
         with torch.jit.optimized_execution(False):
-            scripted.forward_tensors_z(*inputs, True)
+            module.forward_tensors_z(*inputs, True)
+        synchronize(DEVICE)
         return {"seconds": time.perf_counter() - start, "items": 1}
+    synchronize(DEVICE)
     start = time.perf_counter()
     output = model(graph, compute_stress=True)
+    synchronize(DEVICE)
     seconds = time.perf_counter() - start
     assert output["stresses"].shape[0] == len(cells)
     return {"seconds": seconds, "items": len(cells)}
@@ -202,4 +228,5 @@ def task_cache(request: dict[str, Any]) -> dict[str, Any]:
 
 if __name__ == "__main__":
     torch.set_num_threads(int(sys.argv[1]) if len(sys.argv) > 1 else 1)
+    DEVICE = torch.device(sys.argv[2] if len(sys.argv) > 2 else "cpu")
     serve({"graph": task_graph, "train": task_train, "infer": task_infer, "cache": task_cache})

@@ -50,12 +50,13 @@ IMPLS = ("ours", "upstream")
 class Worker:
     """One worker process and its JSON-lines channel (see ``worker_protocol.py``)."""
 
-    def __init__(self, python: str, script: Path, threads: int) -> None:
+    def __init__(self, python: str, script: Path, threads: int, device: str = "cpu") -> None:
         # numpy's BLAS (our neighbour search) gets the same thread budget as torch
         limits = {name: str(threads) for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
                                                   "MKL_NUM_THREADS")}  # fmt: skip
         self.process = subprocess.Popen(
-            [python, str(script), str(threads)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            [python, str(script), str(threads), device], stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL if not os.environ.get("BENCH_VERBOSE") else None,
             text=True, cwd=REPO, env={**os.environ, **limits},
         )  # fmt: skip
@@ -92,9 +93,13 @@ def silicon_json(path: Path, n_atoms: int, copies: int = 1) -> str:
     return str(path)
 
 
-def plan(quick: bool, inputs: Path) -> list[dict[str, Any]]:
+def plan(quick: bool, inputs: Path, device: str = "cpu") -> list[dict[str, Any]]:
     """The rows: ``request`` goes to the workers, ``impls`` who runs it, ``repeats`` timed
-    repetitions after ``warmup`` untimed ones, ``fresh`` a new process per repetition."""
+    repetitions after ``warmup`` untimed ones, ``fresh`` a new process per repetition.
+
+    On CUDA only the model rows run (train, infer): our graph construction and cache are CPU
+    (numpy) work whatever the model's device, so their CPU rows are the ones to read.
+    """
     si = {n: silicon_json(inputs / f"si{n}.json", n) for n in (64, 512, 4096, 32768)}
     si8x32 = silicon_json(inputs / "si8x32.json", 8, copies=32)
     reps = 3 if quick else 5
@@ -118,7 +123,7 @@ def plan(quick: bool, inputs: Path) -> list[dict[str, Any]]:
         repeats=3)  # fmt: skip
     for n in (64, 512, 4096):
         big = n == 4096
-        for mode in ("eager", "torchscript"):
+        for mode in ("eager", "exported_eager", "torchscript"):
             row("infer", f"Si {n}, {mode}",
                 {"task": "infer", "structures": si[n], "batch": 1, "mode": mode},
                 impls=IMPLS if mode == "eager" else ("ours",),
@@ -132,12 +137,15 @@ def plan(quick: bool, inputs: Path) -> list[dict[str, Any]]:
     row("cache", f"mlearn Cu, {40 if quick else 324} records",
         {"task": "cache", "records": 40 if quick else 324}, fresh=True, warmup=0,
         repeats=2 if quick else 3)  # fmt: skip
+    if device != "cpu":
+        rows = [r for r in rows if r["group"] in ("train", "infer")]
     return rows
 
 
-def one_shot(script: tuple[str, Path], threads: int, request: dict[str, Any]) -> dict[str, Any]:
+def one_shot(script: tuple[str, Path], threads: int, request: dict[str, Any],
+             device: str = "cpu") -> dict[str, Any]:  # fmt: skip
     """One request in a fresh worker process (its peak RSS is then this request's)."""
-    worker = Worker(*script, threads)
+    worker = Worker(*script, threads, device)
     try:
         return worker.call(request)
     finally:
@@ -166,9 +174,9 @@ def cold_then_warm(script: tuple[str, Path], threads: int,
 
 
 def run_rows(rows: list[dict[str, Any]], scripts: dict[str, tuple[str, Path]],
-             threads: int) -> None:  # fmt: skip
+             threads: int, device: str = "cpu") -> None:  # fmt: skip
     """Fill ``row["results"][impl]`` with the replies of every timed repetition."""
-    persistent = {impl: Worker(*scripts[impl], threads) for impl in IMPLS}
+    persistent = {impl: Worker(*scripts[impl], threads, device) for impl in IMPLS}
     try:
         for row in rows:
             request = {k: v for k, v in row["request"].items() if v is not None}
@@ -179,7 +187,7 @@ def run_rows(rows: list[dict[str, Any]], scripts: dict[str, tuple[str, Path]],
                     if row["group"] == "cache":
                         reply = cold_then_warm(scripts[impl], threads, request)
                     elif row["fresh"]:
-                        reply = one_shot(scripts[impl], threads, request)
+                        reply = one_shot(scripts[impl], threads, request, device)
                     else:
                         reply = persistent[impl].call(request)
                     if repetition >= row["warmup"] or "error" in reply:
@@ -258,7 +266,8 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         f"{report['date']}; {machine['cpus']} CPUs "
         f"({machine['processor'] or machine['platform']}), "
-        f"torch {machine['torch']}, {report['threads']} torch thread(s) per side, float32, "
+        f"torch {machine['torch']}, {report['threads']} torch thread(s) per side, float32 on "
+        f"{machine.get('gpu') or 'the CPU'}, "
         f"{'quick' if report['quick'] else 'full'} mode; 1-min load average "
         f"{machine['load_before'][0]:.1f} before, {report['load_after'][0]:.1f} after "
         "(shared machine: ours and upstream alternate call by call, compare ratios).",
@@ -276,29 +285,38 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(out) + "\n"
 
 
+def _gpu_name(device: str) -> str | None:
+    import torch
+
+    return torch.cuda.get_device_name(torch.device(device)) if device != "cpu" else None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller rows (about 10 minutes)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--upstream-python", default=str(UPSTREAM_PYTHON))
     parser.add_argument("--only", nargs="*", help="row groups to run (graph train infer cache)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (model rows only)")
     parser.add_argument("-o", "--out-dir", type=Path, default=REPO / "bench")
     args = parser.parse_args()
 
     import torch
 
     inputs = Path(tempfile.mkdtemp(prefix="bench_inputs_"))
-    rows = [r for r in plan(args.quick, inputs) if not args.only or r["group"] in args.only]
+    rows = [r for r in plan(args.quick, inputs, args.device)
+            if not args.only or r["group"] in args.only]  # fmt: skip
     version = subprocess.run(
         [args.upstream_python, "-c", "import importlib.metadata as m; print(m.version('alignn'))"],
         capture_output=True, text=True, check=True,
     ).stdout.strip()  # fmt: skip
     machine = {"platform": platform.platform(), "processor": platform.processor(),
                "cpus": os.cpu_count(), "python": platform.python_version(),
-               "torch": torch.__version__, "load_before": os.getloadavg()}  # fmt: skip
+               "torch": torch.__version__, "load_before": os.getloadavg(),
+               "device": args.device, "gpu": _gpu_name(args.device)}  # fmt: skip
     scripts = {"ours": (sys.executable, HERE / "ours_worker.py"),
                "upstream": (args.upstream_python, HERE / "upstream_worker.py")}  # fmt: skip
-    run_rows(rows, scripts, args.threads)
+    run_rows(rows, scripts, args.threads, args.device)
     report = {
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "quick": args.quick, "threads": args.threads, "upstream_version": version,

@@ -21,10 +21,11 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from worker_protocol import serve
+from worker_protocol import serve, synchronize
 
 REPO = Path(__file__).resolve().parents[2]
 _CACHE: dict[str, Any] = {}
+DEVICE = torch.device("cpu")  # set from argv by __main__ (run_bench.py --device)
 
 
 def _config(name: str) -> dict[str, Any]:
@@ -71,7 +72,8 @@ def _model(config: dict[str, Any], **changes: Any):
     from alignn.models.alignn_atomwise_pure import ALIGNNAtomWisePure, ALIGNNAtomWisePureConfig
 
     torch.manual_seed(0)
-    return ALIGNNAtomWisePure(ALIGNNAtomWisePureConfig(**dict(config["model"], **changes)))
+    model = ALIGNNAtomWisePure(ALIGNNAtomWisePureConfig(**dict(config["model"], **changes)))
+    return model.to(DEVICE)
 
 
 def _batch(atoms: list, config: dict[str, Any]):
@@ -79,9 +81,8 @@ def _batch(atoms: list, config: dict[str, Any]):
 
     pairs = [_build(a, config) for a in atoms]
     lattice = torch.stack([torch.tensor(a.lattice_mat, dtype=torch.float32) for a in atoms])
-    if len(pairs) == 1:
-        return (*pairs[0], lattice)
-    return (*batch_torch_graph_pairs(pairs), lattice)
+    g, lg = pairs[0] if len(pairs) == 1 else batch_torch_graph_pairs(pairs)
+    return g.to(DEVICE), lg.to(DEVICE), lattice.to(DEVICE)
 
 
 def task_train(request: dict[str, Any]) -> dict[str, Any]:
@@ -104,10 +105,11 @@ def task_train(request: dict[str, Any]) -> dict[str, Any]:
 
     def step(index: list[int]) -> torch.Tensor:
         g, lg = batch_torch_graph_pairs([pairs[i] for i in index])
-        output = model((g, lg, torch.stack([lattices[i] for i in index])))
-        loss = torch.nn.functional.l1_loss(output["out"].reshape(-1), energy[index])
+        lattice = torch.stack([lattices[i] for i in index]).to(DEVICE)
+        output = model((g.to(DEVICE), lg.to(DEVICE), lattice))
+        loss = torch.nn.functional.l1_loss(output["out"].reshape(-1), energy[index].to(DEVICE))
         loss = loss + 10.0 * torch.nn.functional.l1_loss(
-            output["grad"], torch.cat([forces[i] for i in index])
+            output["grad"], torch.cat([forces[i] for i in index]).to(DEVICE)
         )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -115,16 +117,18 @@ def task_train(request: dict[str, Any]) -> dict[str, Any]:
         return loss
 
     step(batches[0])
+    synchronize(DEVICE)
     start = time.perf_counter()
     for index in batches:
         loss = step(index)
+    synchronize(DEVICE)
     seconds = time.perf_counter() - start
     return {"seconds": seconds, "items": len(records), "steps": len(batches),
             "final_loss": float(loss.detach())}  # fmt: skip
 
 
 def task_infer(request: dict[str, Any]) -> dict[str, Any]:
-    if request["mode"] != "eager":
+    if request["mode"] != "eager":  # upstream's export: tools/bench/torchscript_speed.py
         return {"error": "not measured here (see tools/bench/torchscript_speed.py)"}
     config = _config("config_reduced.json")
     if "model" not in _CACHE:
@@ -133,8 +137,10 @@ def task_infer(request: dict[str, Any]) -> dict[str, Any]:
     if key not in _CACHE:
         _CACHE[key] = _batch(_atoms(request["structures"])[: request["batch"]], config)
     model, graph = _CACHE["model"], _CACHE[key]
+    synchronize(DEVICE)
     start = time.perf_counter()
     output = model(graph)
+    synchronize(DEVICE)
     seconds = time.perf_counter() - start
     stress = output["stresses"]
     items = int(request["batch"])
@@ -170,4 +176,5 @@ def task_cache(request: dict[str, Any]) -> dict[str, Any]:
 
 if __name__ == "__main__":
     torch.set_num_threads(int(sys.argv[1]) if len(sys.argv) > 1 else 1)
+    DEVICE = torch.device(sys.argv[2] if len(sys.argv) > 2 else "cpu")
     serve({"graph": task_graph, "train": task_train, "infer": task_infer, "cache": task_cache})

@@ -5,7 +5,8 @@
 worker reads one JSON request per line on stdin and answers one JSON line on stdout. Keeping the
 workers alive between requests lets the driver alternate ours/upstream call by call (so load
 drift on the shared machine hits both alike) without paying interpreter and import start-up per
-timing. This module must import nothing outside the standard library: both venvs load it.
+timing. This module imports nothing outside the standard library at import time: both venvs
+load it (torch, which both have, only inside :func:`synchronize`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,15 @@ Task = Callable[[dict[str, Any]], dict[str, Any]]
 def peak_rss_bytes() -> int:
     """This process's peak resident set size (Linux reports ``ru_maxrss`` in KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def synchronize(device: Any) -> None:
+    """Wait for queued device work, so a host clock read after it times the work itself (CUDA
+    launches return before the kernels finish); nothing to wait for on the CPU."""
+    if getattr(device, "type", "cpu") == "cuda":
+        import torch
+
+        torch.cuda.synchronize(device)
 
 
 def serve(tasks: dict[str, Task]) -> None:
