@@ -352,6 +352,40 @@ def read_metadata(path: Path) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------- export
+def export_dtype(model: torch.nn.Module, dtype: str | None) -> torch.dtype:
+    """The exported file's dtype: ``dtype`` (float32/float64) or, without one, the model's."""
+    if dtype is None:
+        model_dtype = model.fc.weight.dtype
+        return model_dtype if model_dtype in DTYPES.values() else torch.float32
+    if dtype in DTYPES:
+        return DTYPES[dtype]
+    raise ExportError(f"dtype {dtype!r} is not exportable; use float32 or float64")
+
+
+def exported_module(
+    model: torch.nn.Module, config: Any, dtype: torch.dtype, metadata_text: str = "{}"
+) -> ExportedALIGNN:
+    """The module that :func:`export_torchscript` scripts, still eager.
+
+    Exposed so a benchmark can time the very same entry point (``forward_tensors_z`` from a
+    neighbour list) with and without TorchScript.
+    """
+    smooth = config.model.name == "alignn_atomwise_pure_smooth"
+    if (
+        not isinstance(model, ALIGNNAtomWisePure)
+        or isinstance(model, ALIGNNAtomWisePureSmooth) != smooth
+    ):
+        raise ExportError(
+            f"cannot export a {type(model).__name__}: expected the {config.model.name} module"
+        )
+    table = torch.from_numpy(np.array(feature_table(config.atom_features)))
+    known = torch.zeros(table.shape[0], dtype=torch.bool)
+    known[torch.from_numpy(supported_numbers(config.atom_features))] = True
+    exported_class = ExportedALIGNNSmooth if smooth else ExportedALIGNN
+    contract = neighbor_contract(config.graph_settings)
+    return exported_class.from_model(model, contract, table, known, metadata_text, dtype)
+
+
 def export_torchscript(
     model: torch.nn.Module,
     config: Any,
@@ -369,31 +403,11 @@ def export_torchscript(
     no file behind) if they disagree.
     """
     warnings = check_exportable(config)
-    smooth = config.model.name == "alignn_atomwise_pure_smooth"
-    if (
-        not isinstance(model, ALIGNNAtomWisePure)
-        or isinstance(model, ALIGNNAtomWisePureSmooth) != smooth
-    ):
-        raise ExportError(
-            f"cannot export a {type(model).__name__}: expected the {config.model.name} module"
-        )
-    model_dtype = model.fc.weight.dtype
-    if dtype is None:
-        torch_dtype = model_dtype if model_dtype in DTYPES.values() else torch.float32
-    elif dtype in DTYPES:
-        torch_dtype = DTYPES[dtype]
-    else:
-        raise ExportError(f"dtype {dtype!r} is not exportable; use float32 or float64")
-    settings = config.graph_settings
-    contract = neighbor_contract(settings)
+    torch_dtype = export_dtype(model, dtype)
+    contract = neighbor_contract(config.graph_settings)
     metadata = build_metadata(config, contract, torch_dtype, warnings, checkpoint_sha256)
     text = json.dumps(metadata, indent=2, sort_keys=True)
-    table = torch.from_numpy(np.array(feature_table(config.atom_features)))
-    known = torch.zeros(table.shape[0], dtype=torch.bool)
-    known[torch.from_numpy(supported_numbers(config.atom_features))] = True
-    exported_class = ExportedALIGNNSmooth if smooth else ExportedALIGNN
-    exported = exported_class.from_model(model, contract, table, known, text, torch_dtype)
-    scripted = torch.jit.script(exported)
+    scripted = torch.jit.script(exported_module(model, config, torch_dtype, text))
 
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
