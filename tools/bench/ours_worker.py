@@ -66,14 +66,14 @@ def task_graph(request: dict[str, Any]) -> dict[str, Any]:
             "atoms": sum(s.n_atoms for s in structures), "edges": edges}  # fmt: skip
 
 
-def _training_setup(n_structures: int):
+def _training_setup(n_structures: int, config_name: str):
     from alignn_torch.graphs.backend import build_graph
     from alignn_torch.graphs.graph import collate_graphs
 
     from alignn_core.io.id_prop import DataKeys, read_dataset
     from alignn_core.plugins import get_registry
 
-    config = _config("config_reduced.json")
+    config = _config(config_name)
     records = read_dataset(REPO / "examples" / "mlearn-cu", DataKeys.from_config(config),
                            config.model.loss_weights())[:n_structures]  # fmt: skip
     graphs = [build_graph(r.structure, config.graph_settings) for r in records]
@@ -91,7 +91,7 @@ def task_train(request: dict[str, Any]) -> dict[str, Any]:
     one untimed warm-up step first.
     """
     steps, batch_size = int(request["steps"]), int(request["batch_size"])
-    _, records, graphs, model, collate = _training_setup(steps * batch_size)
+    _, records, graphs, model, collate = _training_setup(steps * batch_size, request["config"])
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-5)
     batches = [list(range(i, i + batch_size)) for i in range(0, len(records), batch_size)]
     energy = torch.tensor([float(r.target.reshape(-1)[0]) for r in records], dtype=torch.float32)

@@ -11,17 +11,21 @@ row does not time, building models) happens once per worker and is never timed. 
 and cache rows run in a fresh worker process per repetition so that the peak RSS each reports is
 that row's alone.
 
-Rows (CPU, float32, ``--threads`` torch threads per worker, default 1):
+Rows (float32, ``--threads`` torch threads per worker, default 1; ``--device cuda`` runs the
+model rows, 2 and 3, on the GPU):
 
 1. ``graph``: graph construction (neighbour list, line graph, features) with the
    ``examples/mlearn-cu/config.json`` settings (pure_torch, cutoff 8 Å, 13 neighbours, three-body
    3.5 Å): the 50 ``examples/props`` POSCARs, mlearn Cu cells, rattled Si supercells of 64, 512,
    4,096 (and 32,768, ours only: upstream's search is quadratic in atoms) atoms.
-2. ``train``: optimiser steps on prebuilt mlearn Cu graphs with ``config_reduced.json`` (batch 5,
-   2+2 layers, 64 features, cutoff 5 Å, forces through the double backward, AdamW).
+2. ``train``: optimiser steps on prebuilt mlearn Cu graphs (batch 5, forces through the double
+   backward, AdamW) with upstream's ``config.json`` as given (2+4 layers, 256 features, cutoff
+   8 Å; not in ``--quick`` CPU runs) and ``config_reduced.json`` (2+2 layers, 64 features,
+   cutoff 5 Å): see :func:`train_configs`.
 3. ``infer``: energy+forces+stress of a prebuilt graph of a 64/512/4,096-atom Si cell and of a
-   batch of 32 8-atom Si cells (reduced model), eager, and our TorchScript export (upstream's
-   TorchScript is measured by ``torchscript_speed.py``).
+   batch of 32 8-atom Si cells (reduced model), eager; and our export's entry point
+   (``forward_tensors_z`` from a neighbour list), eager and TorchScript (upstream's TorchScript
+   is measured by ``torchscript_speed.py``).
 4. ``cache``: cold LMDB build vs warm reopen (``read_existing``) of mlearn Cu records, each
    followed by one pass of reads.
 """
@@ -93,6 +97,17 @@ def silicon_json(path: Path, n_atoms: int, copies: int = 1) -> str:
     return str(path)
 
 
+def train_configs(quick: bool, device: str) -> list[tuple[str, str]]:
+    """The training rows' configs: upstream's mlearn Cu config as given (hidden 256, 2+4
+    layers, cutoff 8 Å: one CPU epoch takes upstream ~26 minutes here, so the CPU rows time 8
+    steps of it) except in quick CPU runs, and the reduced one (hidden 64, 2+2, cutoff 5 Å)."""
+    upstream = ("config.json", "(upstream config)")
+    reduced = ("config_reduced.json", "(reduced config)")
+    if device != "cpu":
+        return [upstream, reduced]
+    return [reduced] if quick else [upstream, reduced]
+
+
 def plan(quick: bool, inputs: Path, device: str = "cpu") -> list[dict[str, Any]]:
     """The rows: ``request`` goes to the workers, ``impls`` who runs it, ``repeats`` timed
     repetitions after ``warmup`` untimed ones, ``fresh`` a new process per repetition.
@@ -117,10 +132,12 @@ def plan(quick: bool, inputs: Path, device: str = "cpu") -> list[dict[str, Any]]
             repeats=2 if n == 4096 and quick else reps)  # fmt: skip
     row("graph", "Si 32768 atoms", {"task": "graph", "structures": si[32768]},
         impls=("ours",), repeats=2 if quick else reps)  # fmt: skip
-    steps = 8 if quick else 52  # 52 x 5 = 260 of the 262 training structures
-    row("train", f"mlearn Cu, {steps} steps x batch 5",
-        {"task": "train", "steps": steps, "batch_size": 5}, fresh=True, warmup=0,
-        repeats=3)  # fmt: skip
+    for config, label in train_configs(quick, device):
+        # 52 x 5 = 260 of the 262 training structures; 8 steps where that would take hours
+        steps = 52 if device != "cpu" or (config == "config_reduced.json" and not quick) else 8
+        row("train", f"mlearn Cu {label}, {steps} steps x batch 5",
+            {"task": "train", "steps": steps, "batch_size": 5, "config": config}, fresh=True,
+            warmup=0, repeats=3)  # fmt: skip
     for n in (64, 512, 4096):
         big = n == 4096
         for mode in ("eager", "exported_eager", "torchscript"):

@@ -89,7 +89,7 @@ def task_train(request: dict[str, Any]) -> dict[str, Any]:
     from alignn.torch_graph_builder import batch_torch_graph_pairs
 
     steps, batch_size = int(request["steps"]), int(request["batch_size"])
-    config = _config("config_reduced.json")
+    config = _config(request["config"])
     records = json.loads((REPO / "examples" / "mlearn-cu" / "id_prop.json").read_text())
     records = records[: steps * batch_size]
     from jarvis.core.atoms import Atoms
