@@ -17,7 +17,7 @@ import pytest
 import torch
 from alignn_torch.graphs import TorchGraphBackend, angle_cosines
 from alignn_torch.graphs.backend import build_graph
-from alignn_torch.graphs.line_graph import line_graph_triplets
+from alignn_torch.graphs.line_graph import line_graph_triplets, stored_cosines
 from alignn_torch.graphs.neighbors import radius_neighbors
 from alignn_torch.graphs.strategies import k_nearest_edges, radius_graph_edges
 
@@ -213,6 +213,23 @@ def test_cap_keeps_k_nearest_with_deterministic_ties() -> None:
     assert len(first) == 5 and np.array_equal(first.shift, again.shift)
 
 
+def test_capped_search_is_exact_when_the_first_radius_misses_an_atom() -> None:
+    """A capped search first tries a radius sized by the mean density; a lone atom far from a
+    dense cluster has no 13 neighbours inside it, so the full search must take over."""
+    rng = np.random.default_rng(4)
+    cluster = rng.uniform(4.0, 7.0, size=(40, 3))
+    positions = np.vstack([cluster, [[0.5, 0.5, 11.0]]])
+    cell = np.eye(3) * 12.0
+    capped = radius_neighbors(positions, cell, (True,) * 3, 8.0, max_neighbors=13)
+    reference = brute_force_pairs(positions, cell, (True,) * 3, 8.0)
+    for atom in range(len(positions)):
+        mine = [k for k in edge_keys(capped.src, capped.dst, capped.shift) if k[0] == atom]
+        theirs = sorted(
+            (k for k in reference if k[0] == atom), key=lambda k: np.linalg.norm(reference[k])
+        )[:13]
+        assert set(mine) == set(theirs)
+
+
 # ---------------------------------------------------------------- strategies
 
 
@@ -303,6 +320,21 @@ def test_line_graph_against_brute_force_and_cosines() -> None:
     assert flipped.item() == pytest.approx(1.0) and back.abs().item() <= 1.0
     cos.sum().backward()
     assert torch.isfinite(r.grad).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_stored_cosines_equal_angle_cosines_bit_for_bit(dtype: torch.dtype) -> None:
+    """Graphs store what the model recomputes with ``lg_on_fly``: same bits, signed zeros too."""
+    generator = torch.Generator().manual_seed(0)
+    r = torch.randn(500, 3, generator=generator, dtype=torch.float64) * 4
+    r[torch.rand(500, 3, generator=generator) < 0.3] = 0.0  # zero products, zero vectors
+    r[torch.rand(500, 3, generator=generator) < 0.2] *= -0.0
+    r = r.to(dtype)
+    lg_src = torch.randint(0, 500, (200_000,), generator=generator)
+    lg_dst = torch.randint(0, 500, (200_000,), generator=generator)
+    bits = torch.int32 if dtype == torch.float32 else torch.int64
+    expected = angle_cosines(r, lg_src, lg_dst).view(bits)
+    assert torch.equal(stored_cosines(r, lg_src, lg_dst).view(bits), expected)
 
 
 def test_isolated_atom_and_errors() -> None:

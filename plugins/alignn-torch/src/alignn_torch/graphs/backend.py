@@ -24,7 +24,7 @@ from alignn_torch.graphs.graph import (
     AtomGraph,
     collate_graphs,
 )
-from alignn_torch.graphs.line_graph import angle_cosines, line_graph_triplets
+from alignn_torch.graphs.line_graph import stored_cosines, triplet_arrays
 from alignn_torch.graphs.neighbors import radius_neighbors
 from alignn_torch.graphs.strategies import SUPPORTED_STRATEGIES, RadiusSearch, neighbor_list
 
@@ -49,8 +49,9 @@ def build_graph(
     """One structure -> a single-graph :class:`AtomGraph` (graph and line graph).
 
     Edges come from :func:`alignn_torch.graphs.strategies.neighbor_list` (float64 geometry, cast to
-    ``settings.dtype`` at the end). The stored cosines are computed by :func:`angle_cosines` from
-    the cast ``r``, i.e. exactly what the model recomputes with ``lg_on_fly``. An atom without any
+    ``settings.dtype`` at the end). The stored cosines are :func:`angle_cosines` of the cast ``r``
+    (computed by its no-autograd twin :func:`stored_cosines`), i.e. exactly what the model
+    recomputes with ``lg_on_fly``. An atom without any
     neighbour (pure_torch with a short cutoff, or a lone atom in a molecule) is an isolated node:
     the graph is still valid and the model's aggregations handle zero in-degree.
 
@@ -65,12 +66,11 @@ def build_graph(
     dst = torch.from_numpy(edges.dst)
     r = torch.from_numpy(edges.r).to(dtype)
     if settings.compute_line_graph:
-        allowed = None
-        if triplet_limit is not None:
-            allowed = torch.from_numpy(edges.distance <= triplet_limit)
+        allowed = None if triplet_limit is None else edges.distance <= triplet_limit
         self_pairs = settings.neighbor_strategy == "pure_torch"  # as upstream (DGL otherwise)
-        lg_src, lg_dst = line_graph_triplets(src, dst, allowed, self_pairs)
-        lg_cos = angle_cosines(r, lg_src, lg_dst)
+        triplets = triplet_arrays(edges.src, edges.dst, allowed, self_pairs)
+        lg_src, lg_dst = (torch.from_numpy(t) for t in triplets)
+        lg_cos = stored_cosines(r, lg_src, lg_dst)
     else:
         lg_src = lg_dst = torch.zeros(0, dtype=torch.long)
         lg_cos = torch.zeros(0, dtype=dtype)

@@ -11,6 +11,7 @@ autograd (``lg_on_fly``) so that stored and recomputed cosines cannot drift apar
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 
@@ -29,30 +30,44 @@ def line_graph_triplets(
 
     ``allowed`` (bool ``[E]``) restricts both members (upstream's three-body cutoff); a disallowed
     edge is simply an isolated line-graph node. Triplets are ordered by ``A`` and then by ``B``, so
-    the result is deterministic for a given edge order. No loop over edges: allowed edges are
-    sorted by source, each ``A`` finds the run of edges leaving ``dst[A]`` by ``searchsorted``, and
-    the runs are expanded with ``repeat_interleave``.
+    the result is deterministic for a given edge order. Computed by :func:`triplet_arrays` (numpy:
+    graphs are built on the CPU, where numpy's per-call cost is a fraction of torch's).
     """
-    device = src.device
-    idx = torch.arange(src.shape[0], device=device)
-    if allowed is not None:
-        idx = idx[allowed]
-    if idx.numel() == 0:
-        empty = torch.zeros(0, dtype=torch.long, device=device)
-        return empty, empty
-    edge_src = src[idx]
-    order = torch.argsort(edge_src, stable=True)
-    sorted_idx = idx[order]
-    sorted_src = edge_src[order]
-    ends = dst[idx]
-    first = torch.searchsorted(sorted_src, ends, side="left")
-    count = torch.searchsorted(sorted_src, ends, side="right") - first
-    lg_src = torch.repeat_interleave(idx, count)
-    run_start = torch.cumsum(count, 0) - count
-    within = torch.arange(lg_src.shape[0], device=device) - torch.repeat_interleave(
-        run_start, count
+    lg_src, lg_dst = triplet_arrays(
+        src.cpu().numpy(),
+        dst.cpu().numpy(),
+        None if allowed is None else allowed.cpu().numpy(),
+        self_pairs,
     )
-    lg_dst = sorted_idx[torch.repeat_interleave(first, count) + within]
+    return torch.from_numpy(lg_src).to(src.device), torch.from_numpy(lg_dst).to(src.device)
+
+
+def triplet_arrays(
+    src: np.ndarray, dst: np.ndarray, allowed: np.ndarray | None = None, self_pairs: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`line_graph_triplets` on int64 numpy arrays.
+
+    No loop over edges: allowed edges are grouped by source (a stable sort, skipped when they
+    already are, as every :class:`~alignn_torch.graphs.neighbors.NeighborList` is), each ``A``
+    finds the run of edges leaving ``dst[A]`` from per-atom counts, and the runs are expanded
+    with ``repeat``.
+    """
+    first_edges = np.arange(src.shape[0]) if allowed is None else np.flatnonzero(allowed)
+    if first_edges.size == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    edge_src = src[first_edges]
+    second_edges = first_edges
+    if np.any(edge_src[1:] < edge_src[:-1]):
+        order = np.argsort(edge_src, kind="stable")
+        second_edges, edge_src = first_edges[order], edge_src[order]
+    n_atoms = int(max(src.max(), dst.max())) + 1
+    leaving = np.bincount(edge_src, minlength=n_atoms)
+    run_start = np.cumsum(leaving) - leaving
+    ends = dst[first_edges]
+    count = leaving[ends]
+    lg_src = np.repeat(first_edges, count)
+    offset = run_start[ends] - (np.cumsum(count) - count)
+    lg_dst = second_edges[np.repeat(offset, count) + np.arange(lg_src.shape[0])]
     if not self_pairs:
         keep = lg_src != lg_dst
         lg_src, lg_dst = lg_src[keep], lg_dst[keep]
@@ -73,3 +88,27 @@ def angle_cosines(r: torch.Tensor, lg_src: torch.Tensor, lg_dst: torch.Tensor) -
     norm_b = torch.linalg.vector_norm(r_b, dim=-1).clamp_min(1e-12)
     cos = -(r_a * r_b).sum(dim=-1) / (norm_a * norm_b)
     return torch.clamp(cos, -1.0, 1.0)
+
+
+def stored_cosines(r: torch.Tensor, lg_src: torch.Tensor, lg_dst: torch.Tensor) -> torch.Tensor:
+    """:func:`angle_cosines` bit for bit, without autograd, for the cosines a graph stores.
+
+    Why: torch's advanced indexing, its reductions over a last axis of 3 and its per-call cost
+    dominate :func:`angle_cosines` on small CPU graphs. Here the norms are taken once per edge
+    (torch's kernel, so the same bits) and gathered, and the rest is elementwise IEEE arithmetic
+    in numpy, which rounds exactly as torch does: the dot product is ``p0 + p1 + p2 + 0``, the
+    order torch's sum adds in (from +0, so an all ``-0`` product sums to +0). Half precision
+    sums in float inside torch, so it takes :func:`angle_cosines`.
+    """
+    if r.requires_grad or r.dtype not in (torch.float32, torch.float64) or r.device.type != "cpu":
+        return angle_cosines(r, lg_src, lg_dst)
+    first, second = lg_src.numpy(), lg_dst.numpy()
+    x, y, z = r.numpy().T
+    dot = x[first] * x[second]
+    dot += y[first] * y[second]
+    dot += z[first] * z[second]
+    dot += 0.0
+    norm = np.maximum(torch.linalg.vector_norm(r, dim=-1).numpy(), 1e-12)
+    cos = np.negative(dot, out=dot)
+    cos /= norm[first] * norm[second]
+    return torch.from_numpy(np.clip(cos, -1.0, 1.0, out=cos))
