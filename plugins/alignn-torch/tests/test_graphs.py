@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 import torch
 from alignn_torch.graphs import TorchGraphBackend, angle_cosines
-from alignn_torch.graphs.backend import build_graph
+from alignn_torch.graphs.backend import _floats, build_graph
 from alignn_torch.graphs.line_graph import line_graph_triplets, stored_cosines
-from alignn_torch.graphs.neighbors import radius_neighbors
+from alignn_torch.graphs.neighbors import _shift_vectors, _times_cell, radius_neighbors
 from alignn_torch.graphs.strategies import k_nearest_edges, radius_graph_edges
 
 from alignn_core.config.graph_settings import GraphSettings
@@ -335,6 +335,34 @@ def test_stored_cosines_equal_angle_cosines_bit_for_bit(dtype: torch.dtype) -> N
     bits = torch.int32 if dtype == torch.float32 else torch.int64
     expected = angle_cosines(r, lg_src, lg_dst).view(bits)
     assert torch.equal(stored_cosines(r, lg_src, lg_dst).view(bits), expected)
+
+
+@pytest.mark.parametrize("rows", [1, 40, 3000])
+def test_shift_vectors_equal_the_einsum_bit_for_bit(rows: int) -> None:
+    """The image-table shortcut of ``shift @ cell`` gives the einsum's bits (signed zeros too)."""
+    generator = np.random.default_rng(rows)
+    for largest in (0, 1, 3):
+        cell = generator.normal(size=(3, 3)) * 4 + np.eye(3) * 5
+        cell[generator.random((3, 3)) < 0.2] = 0.0
+        cell[0] *= -1.0
+        shift = generator.integers(-largest, largest + 1, size=(rows, 3))
+        expected = _times_cell(shift, cell)
+        assert _shift_vectors(shift, cell).tobytes() == expected.tobytes()
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_float_cast_rounds_as_torch(dtype: torch.dtype) -> None:
+    """Graph fields cast in numpy round as ``Tensor.to`` would, and own their memory."""
+    generator = np.random.default_rng(0)
+    values = generator.normal(size=(1000, 3)) * 10.0 ** generator.integers(-6, 6, size=(1000, 1))
+    halfway = np.nextafter(values.astype(np.float32), np.float32(np.inf)).astype(np.float64)
+    values = np.concatenate([values, (values.astype(np.float32) + halfway) / 2])  # ties
+    cast = _floats(values, dtype)
+    expected = torch.from_numpy(values.copy()).to(dtype)
+    bits = {2: torch.int16, 4: torch.int32, 8: torch.int64}[expected.element_size()]
+    assert cast.dtype == dtype and torch.equal(cast.view(bits), expected.view(bits))
+    values[:] = 0.0
+    assert torch.equal(cast, expected)
 
 
 def test_isolated_atom_and_errors() -> None:

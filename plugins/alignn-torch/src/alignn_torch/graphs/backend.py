@@ -62,9 +62,7 @@ def build_graph(
     edges, triplet_limit = neighbor_list(structure, settings, search)
     n_atoms = structure.n_atoms
 
-    src = torch.from_numpy(edges.src)
-    dst = torch.from_numpy(edges.dst)
-    r = torch.from_numpy(edges.r).to(dtype)
+    r = _floats(edges.r, dtype, copy=False)
     if settings.compute_line_graph:
         allowed = None if triplet_limit is None else edges.distance <= triplet_limit
         self_pairs = settings.neighbor_strategy == "pure_torch"  # as upstream (DGL otherwise)
@@ -77,24 +75,47 @@ def build_graph(
 
     features = atom_features(structure.numbers, settings.atom_features)
     return AtomGraph(
-        atom_features=torch.from_numpy(np.ascontiguousarray(features)).to(dtype),
+        atom_features=_floats(features, dtype, copy=False),
         numbers=torch.from_numpy(structure.numbers.copy()),
-        positions=torch.from_numpy(structure.positions.copy()).to(dtype),
-        node_graph=torch.zeros(n_atoms, dtype=torch.long),
-        src=src,
-        dst=dst,
+        positions=_floats(structure.positions, dtype),
+        node_graph=torch.from_numpy(np.zeros(n_atoms, np.int64)),
+        src=torch.from_numpy(edges.src),
+        dst=torch.from_numpy(edges.dst),
         r=r,
-        shift=torch.from_numpy(edges.shift).to(dtype),
-        edge_graph=torch.zeros(len(edges), dtype=torch.long),
+        shift=_floats(edges.shift, dtype, copy=False),
+        edge_graph=torch.from_numpy(np.zeros(len(edges), np.int64)),
         lg_src=lg_src,
         lg_dst=lg_dst,
         lg_cos=lg_cos,
-        cell=torch.from_numpy(structure.cell.copy()).to(dtype).unsqueeze(0),
-        volume=torch.tensor([structure.volume], dtype=dtype),
-        n_atoms=torch.tensor([n_atoms], dtype=torch.long),
-        n_edges=torch.tensor([len(edges)], dtype=torch.long),
-        n_triplets=torch.tensor([lg_src.shape[0]], dtype=torch.long),
+        cell=_floats(structure.cell, dtype).unsqueeze(0),
+        volume=_floats(np.array([structure.volume]), dtype, copy=False),
+        n_atoms=_count(n_atoms),
+        n_edges=_count(len(edges)),
+        n_triplets=_count(lg_src.shape[0]),
     )
+
+
+def _floats(array: np.ndarray, dtype: torch.dtype, copy: bool = True) -> torch.Tensor:
+    """``array`` as a contiguous tensor of float ``dtype`` that owns its memory unless ``copy`` is
+    False (then it may share ``array``, which the caller must not reuse).
+
+    Why numpy: its cast costs a fraction of ``Tensor.to`` on small arrays and rounds float64 to
+    float32 the same way (IEEE round to nearest even). Not for half types: torch rounds a double
+    to float16 through float (twice), numpy directly, and numpy has no bfloat16; they keep
+    torch's cast.
+    """
+    target = _NUMPY_FLOATS.get(dtype)
+    if target is None:
+        return torch.from_numpy(np.ascontiguousarray(array)).to(dtype)
+    return torch.from_numpy(np.array(array, dtype=target, order="C", copy=copy or None))
+
+
+_NUMPY_FLOATS = {torch.float32: np.float32, torch.float64: np.float64}
+
+
+def _count(value: int) -> torch.Tensor:
+    """A one-element int64 tensor (``torch.tensor`` of a list costs several times more)."""
+    return torch.from_numpy(np.array([value], dtype=np.int64))
 
 
 def graph_to_arrays(graph: AtomGraph) -> dict[str, np.ndarray]:

@@ -55,19 +55,22 @@ def triplet_arrays(
     first_edges = np.arange(src.shape[0]) if allowed is None else np.flatnonzero(allowed)
     if first_edges.size == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    edge_src = src[first_edges]
+    edge_src = src.take(first_edges)
     second_edges = first_edges
     if np.any(edge_src[1:] < edge_src[:-1]):
         order = np.argsort(edge_src, kind="stable")
-        second_edges, edge_src = first_edges[order], edge_src[order]
+        second_edges, edge_src = first_edges.take(order), edge_src.take(order)
     n_atoms = int(max(src.max(), dst.max())) + 1
     leaving = np.bincount(edge_src, minlength=n_atoms)
     run_start = np.cumsum(leaving) - leaving
-    ends = dst[first_edges]
-    count = leaving[ends]
+    ends = dst.take(first_edges)
+    count = leaving.take(ends)
     lg_src = np.repeat(first_edges, count)
-    offset = run_start[ends] - (np.cumsum(count) - count)
-    lg_dst = second_edges[np.repeat(offset, count) + np.arange(lg_src.shape[0])]
+    offset = run_start.take(ends) - (np.cumsum(count) - count)
+    # take() and in-place adds: these arrays have one entry per triplet, the bulk of the work
+    position = np.arange(lg_src.shape[0])
+    position += np.repeat(offset, count)
+    lg_dst = second_edges.take(position)
     if not self_pairs:
         keep = lg_src != lg_dst
         lg_src, lg_dst = lg_src[keep], lg_dst[keep]
@@ -95,20 +98,23 @@ def stored_cosines(r: torch.Tensor, lg_src: torch.Tensor, lg_dst: torch.Tensor) 
 
     Why: torch's advanced indexing, its reductions over a last axis of 3 and its per-call cost
     dominate :func:`angle_cosines` on small CPU graphs. Here the norms are taken once per edge
-    (torch's kernel, so the same bits) and gathered, and the rest is elementwise IEEE arithmetic
-    in numpy, which rounds exactly as torch does: the dot product is ``p0 + p1 + p2 + 0``, the
-    order torch's sum adds in (from +0, so an all ``-0`` product sums to +0). Half precision
-    sums in float inside torch, so it takes :func:`angle_cosines`.
+    (torch's kernel, so the same bits) and stored beside ``r`` as a fourth column, each triplet
+    gathers its two rows in one ``take`` per side (~2x cheaper than eight column gathers), and the
+    rest is elementwise IEEE arithmetic in numpy, which rounds exactly as torch does: the products
+    ``r_A * r_B`` and ``|r_A| |r_B|`` come out of one multiply, the dot product is
+    ``p0 + p1 + p2 + 0``, the order torch's sum adds in (from +0, so an all ``-0`` product sums
+    to +0). Half precision sums in float inside torch, so it takes :func:`angle_cosines`.
     """
     if r.requires_grad or r.dtype not in (torch.float32, torch.float64) or r.device.type != "cpu":
         return angle_cosines(r, lg_src, lg_dst)
-    first, second = lg_src.numpy(), lg_dst.numpy()
-    x, y, z = r.numpy().T
-    dot = x[first] * x[second]
-    dot += y[first] * y[second]
-    dot += z[first] * z[second]
-    dot += 0.0
-    norm = np.maximum(torch.linalg.vector_norm(r, dim=-1).numpy(), 1e-12)
-    cos = np.negative(dot, out=dot)
-    cos /= norm[first] * norm[second]
+    rows = np.empty((r.shape[0], 4), dtype=r.numpy().dtype)  # x, y, z, |r| of each edge
+    rows[:, :3] = r.numpy()
+    np.maximum(torch.linalg.vector_norm(r, dim=-1).numpy(), 1e-12, out=rows[:, 3])
+    products = rows.take(lg_src.numpy(), axis=0)
+    products *= rows.take(lg_dst.numpy(), axis=0)
+    cos = products[:, 0] + products[:, 1]
+    cos += products[:, 2]
+    cos += 0.0
+    np.negative(cos, out=cos)
+    cos /= products[:, 3]
     return torch.from_numpy(np.clip(cos, -1.0, 1.0, out=cos))
