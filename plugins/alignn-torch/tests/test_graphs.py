@@ -17,7 +17,7 @@ import pytest
 import torch
 from alignn_torch.graphs import TorchGraphBackend, angle_cosines
 from alignn_torch.graphs.backend import _floats, build_graph
-from alignn_torch.graphs.line_graph import line_graph_triplets, stored_cosines
+from alignn_torch.graphs.line_graph import line_graph_triplets, stored_cosines, triplet_arrays
 from alignn_torch.graphs.neighbors import _shift_vectors, _times_cell, radius_neighbors
 from alignn_torch.graphs.strategies import k_nearest_edges, radius_graph_edges
 
@@ -299,6 +299,24 @@ def test_other_strategies_keep_every_triplet(strategy: str) -> None:
     assert torch.all(out_degree == 16)  # both: 4 + 12 neighbours within 4 Å
     bare = build_graph(structure, settings.model_copy(update={"compute_line_graph": False}))
     assert bare.n_triplets.item() == 0 and bare.lg_cos.shape == (0,)
+
+
+@pytest.mark.parametrize("self_pairs", [True, False])
+def test_numpy_and_torch_triplets_agree(self_pairs: bool) -> None:
+    """The builder's numpy :func:`triplet_arrays` and the exported model's torch
+    :func:`line_graph_triplets` give the same triplets in the same order, edges grouped by
+    source (as neighbour lists come) or not, with self-image bonds and a three-body mask."""
+    generator = torch.Generator().manual_seed(3)
+    src = torch.randint(0, 12, (300,), generator=generator)
+    dst = torch.randint(0, 12, (300,), generator=generator)
+    allowed = torch.rand(300, generator=generator) < 0.8
+    for order in (torch.argsort(src, stable=True), torch.arange(300)):
+        s, d = src[order], dst[order]
+        for mask in (None, allowed):
+            expected = line_graph_triplets(s, d, mask, self_pairs)
+            got = triplet_arrays(s.numpy(), d.numpy(), None if mask is None else mask.numpy(),
+                                 self_pairs)  # fmt: skip
+            assert all(np.array_equal(g, e.numpy()) for g, e in zip(got, expected, strict=True))
 
 
 def test_line_graph_against_brute_force_and_cosines() -> None:
