@@ -45,6 +45,10 @@ class GraphBackend(Protocol):
     ``build(structure)`` (and ``reuses``/``rebuilds`` counters) for successive configurations of
     one system, e.g. MD steps; its graphs must equal :meth:`build`'s exactly. Inference uses it
     when present and falls back to :meth:`build` otherwise.
+
+    Optional: ``build_many(structures, settings)`` returning :meth:`build`'s graph for each
+    structure, in order and identical, built together (cheaper for many small structures).
+    Dataset providers use it through :func:`alignn_core.data.samples.built_graphs`.
     """
 
     name: str

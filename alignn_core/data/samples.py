@@ -6,17 +6,44 @@ backend: graph-level targets stack to ``[B, ...]``, per-atom ones concatenate to
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
-from alignn_core.structures import Record
+from alignn_core.config.graph_settings import GraphSettings
+from alignn_core.structures import Record, Structure
+
+#: structures per ``build_many`` call: bounds the memory of a batched build
+BUILD_CHUNK = 256
 
 GRAPH_TARGETS = ("target", "stress", "additional")
 ATOM_TARGETS = ("forces", "atomwise")
+
+
+def built_graphs(
+    backend: Any, structures: Sequence[Structure], settings: GraphSettings, chunk: int = BUILD_CHUNK
+) -> Iterator[Any]:
+    """``backend.build(structure, settings)`` for each structure, in order.
+
+    Through the backend's optional ``build_many`` in chunks of ``chunk`` when it has one. A
+    chunk that raises is built again one structure at a time, so a bad structure fails exactly
+    as :meth:`build` fails on it (the same error, for the first bad entry).
+    """
+    build_many = getattr(backend, "build_many", None)
+    if build_many is None:
+        for structure in structures:
+            yield backend.build(structure, settings)
+        return
+    for start in range(0, len(structures), chunk):
+        part = structures[start : start + chunk]
+        try:
+            graphs = build_many(part, settings)
+        except Exception:  # rebuilt one by one below, which raises build's own error
+            graphs = (backend.build(structure, settings) for structure in part)
+        yield from graphs
 
 
 @dataclass

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from torch.utils.data import Dataset
 
-from alignn_core.data.samples import Sample, record_targets
+from alignn_core.data.samples import Sample, built_graphs, record_targets
 from alignn_core.hookspecs import hookimpl
 from alignn_core.structures import Record
 
@@ -44,13 +44,15 @@ class MemoryDatasetProvider:
     ) -> InMemoryDataset:
         indices = list(indices) if indices is not None else list(range(len(records)))
         samples = []
-        for index in indices:
+        structures = [records[index].structure for index in indices]
+        graphs = built_graphs(backend, structures, settings)
+        for index, graph in zip(indices, graphs, strict=True):
             record = records[index]
             samples.append(
                 Sample(
                     id=record.id,
                     index=index,
-                    graph=backend.build(record.structure, settings),
+                    graph=graph,
                     targets=record_targets(record, target_scale),
                 )
             )

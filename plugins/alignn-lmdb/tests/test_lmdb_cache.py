@@ -146,6 +146,10 @@ class _CountingBackend:
         self.builds += 1
         return self._backend.build(structure, settings)
 
+    def build_many(self, structures, settings):
+        self.builds += len(structures)
+        return self._backend.build_many(structures, settings)
+
     def __getattr__(self, name):
         return getattr(self._backend, name)
 

@@ -33,7 +33,7 @@ from rich.console import Console
 from torch.utils.data import Dataset
 
 from alignn_core.config.graph_settings import GraphSettings
-from alignn_core.data.samples import Sample, record_targets
+from alignn_core.data.samples import Sample, built_graphs, record_targets
 from alignn_core.errors import ConfigError, DataError, UserError
 from alignn_core.structures import Record
 from alignn_lmdb.codec import decode_record, encode_record
@@ -136,6 +136,8 @@ def incomplete_reason(path: Path) -> str | None:
 
 
 # -- building -----------------------------------------------------------------------------------
+#: graphs a pool worker builds per task (batched where the backend can; small enough to balance)
+WORKER_CHUNK = 32
 _worker_state: tuple[Sequence[Record], Any, GraphSettings, float | None] | None = None
 
 
@@ -150,18 +152,29 @@ def _init_worker(records, backend, settings, target_scale) -> None:
     _worker_state = (records, backend, settings, target_scale)
 
 
-def encode_sample(record: Record, index: int, backend: Any, settings: GraphSettings,
-                  target_scale: float | None) -> bytes:  # fmt: skip
-    """Build one graph and serialise it with its targets (what the cache stores)."""
-    graph = backend.build(record.structure, settings)
+def encode_graph(record: Record, index: int, backend: Any, graph: Any,
+                 target_scale: float | None) -> bytes:  # fmt: skip
+    """Serialise a built graph of ``record`` with its targets."""
     return encode_record(record.id, index, backend.to_arrays(graph),
                          record_targets(record, target_scale))  # fmt: skip
 
 
-def _encode_in_worker(index: int) -> bytes:
+def encode_samples(records: Sequence[Record], indices: Sequence[int], backend: Any,
+                   settings: GraphSettings,
+                   target_scale: float | None) -> Iterator[bytes]:  # fmt: skip
+    """Each index's graph serialised with its targets (what the cache stores), in order; the
+    graphs are built together where the backend can
+    (:func:`~alignn_core.data.samples.built_graphs`)."""
+    structures = [records[index].structure for index in indices]
+    graphs = built_graphs(backend, structures, settings)
+    for index, graph in zip(indices, graphs, strict=True):
+        yield encode_graph(records[index], index, backend, graph, target_scale)
+
+
+def _encode_in_worker(indices: list[int]) -> list[bytes]:
     assert _worker_state is not None
     records, backend, settings, target_scale = _worker_state
-    return encode_sample(records[index], index, backend, settings, target_scale)
+    return list(encode_samples(records, indices, backend, settings, target_scale))
 
 
 def encoded_records(records: Sequence[Record], indices: Sequence[int], backend: Any,
@@ -171,17 +184,19 @@ def encoded_records(records: Sequence[Record], indices: Sequence[int], backend: 
 
     ``imap`` keeps the order, and graph building is deterministic, so a parallel build writes
     byte-identical records to a serial one (a test checks). Workers get the records once at
-    start-up (inherited for free under ``fork``).
+    start-up (inherited for free under ``fork``) and build :data:`WORKER_CHUNK` graphs a task.
     """
     if workers <= 1 or len(indices) < 2 * workers:
-        for index in indices:
-            yield encode_sample(records[index], index, backend, settings, target_scale)
+        yield from encode_samples(records, indices, backend, settings, target_scale)
         return
     method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
     context = multiprocessing.get_context(method)
+    indices = list(indices)
+    tasks = [indices[i : i + WORKER_CHUNK] for i in range(0, len(indices), WORKER_CHUNK)]
     with context.Pool(workers, initializer=_init_worker,
                       initargs=(records, backend, settings, target_scale)) as pool:  # fmt: skip
-        yield from pool.imap(_encode_in_worker, indices, chunksize=4)
+        for encoded in pool.imap(_encode_in_worker, tasks):
+            yield from encoded
 
 
 def _put_chunk(env: lmdb.Environment, chunk: list[tuple[bytes, bytes]]) -> None:

@@ -7,7 +7,7 @@ manifest: bump it whenever the contents of a built graph change for the same set
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -25,7 +25,7 @@ from alignn_torch.graphs.graph import (
     collate_graphs,
 )
 from alignn_torch.graphs.line_graph import stored_cosines, triplet_arrays
-from alignn_torch.graphs.neighbors import radius_neighbors
+from alignn_torch.graphs.neighbors import NeighborList, radius_neighbors
 from alignn_torch.graphs.strategies import SUPPORTED_STRATEGIES, RadiusSearch, neighbor_list
 
 ALL_FIELDS = NODE_FIELDS + EDGE_FIELDS + TRIPLET_FIELDS + GRAPH_FIELDS
@@ -63,16 +63,7 @@ def build_graph(
     n_atoms = structure.n_atoms
 
     r = _floats(edges.r, dtype, copy=False)
-    if settings.compute_line_graph:
-        allowed = None if triplet_limit is None else edges.distance <= triplet_limit
-        self_pairs = settings.neighbor_strategy == "pure_torch"  # as upstream (DGL otherwise)
-        triplets = triplet_arrays(edges.src, edges.dst, allowed, self_pairs)
-        lg_src, lg_dst = (torch.from_numpy(t) for t in triplets)
-        lg_cos = stored_cosines(r, lg_src, lg_dst)
-    else:
-        lg_src = lg_dst = torch.zeros(0, dtype=torch.long)
-        lg_cos = torch.zeros(0, dtype=dtype)
-
+    lg_src, lg_dst, lg_cos = line_graph_fields(edges, r, triplet_limit, settings)
     features = atom_features(structure.numbers, settings.atom_features)
     return AtomGraph(
         atom_features=_floats(features, dtype, copy=False),
@@ -95,6 +86,24 @@ def build_graph(
     )
 
 
+def line_graph_fields(
+    edges: NeighborList, r: torch.Tensor, triplet_limit: float | None, settings: GraphSettings
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``lg_src``, ``lg_dst`` and ``lg_cos`` of ``edges`` (``r``: their vectors, cast).
+
+    Edges may be those of many structures with global atom indices (:mod:`.batched`): triplets
+    never join two structures, and each structure's come out in its own order.
+    """
+    if not settings.compute_line_graph:
+        return torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long), r.new_zeros(0)
+    allowed = None if triplet_limit is None else edges.distance <= triplet_limit
+    self_pairs = settings.neighbor_strategy == "pure_torch"  # as upstream (DGL otherwise)
+    lg_src, lg_dst = (
+        torch.from_numpy(t) for t in triplet_arrays(edges.src, edges.dst, allowed, self_pairs)
+    )
+    return lg_src, lg_dst, stored_cosines(r, lg_src, lg_dst)
+
+
 def _floats(array: np.ndarray, dtype: torch.dtype, copy: bool = True) -> torch.Tensor:
     """``array`` as a contiguous tensor of float ``dtype`` that owns its memory unless ``copy`` is
     False (then it may share ``array``, which the caller must not reuse).
@@ -107,7 +116,9 @@ def _floats(array: np.ndarray, dtype: torch.dtype, copy: bool = True) -> torch.T
     target = _NUMPY_FLOATS.get(dtype)
     if target is None:
         return torch.from_numpy(np.ascontiguousarray(array)).to(dtype)
-    return torch.from_numpy(np.array(array, dtype=target, order="C", copy=copy or None))
+    if copy:
+        return torch.from_numpy(np.array(array, dtype=target, order="C"))
+    return torch.from_numpy(np.ascontiguousarray(array, dtype=target))  # numpy 1.x has no copy=None
 
 
 _NUMPY_FLOATS = {torch.float32: np.float32, torch.float64: np.float64}
@@ -143,6 +154,15 @@ class TorchGraphBackend:
     def build(self, structure: Structure, settings: GraphSettings) -> AtomGraph:
         """See :func:`build_graph`."""
         return build_graph(structure, settings)
+
+    def build_many(
+        self, structures: Sequence[Structure], settings: GraphSettings
+    ) -> list[AtomGraph]:
+        """:meth:`build` of each structure, bit for bit, with the per-call cost of small cells
+        shared (see :func:`alignn_torch.graphs.batched.build_graphs`)."""
+        from alignn_torch.graphs.batched import build_graphs
+
+        return build_graphs(structures, settings)
 
     collate = staticmethod(collate_graphs)
 

@@ -105,15 +105,21 @@ def pure_torch_edges(
     upstream. The triplet limit is None when it is not below ``cutoff`` (upstream skips the filter
     when the cutoffs are equal); a limit above ``cutoff`` is a config error (upstream: ValueError).
     """
+    limit = pure_torch_triplet_limit(settings, cutoff)
+    edges = search(
+        positions, cell, pbc, cutoff, min_d2=PURE_TORCH_MIN_D2, max_neighbors=max_neighbors
+    )
+    return edges, limit
+
+
+def pure_torch_triplet_limit(settings: GraphSettings, cutoff: float) -> float | None:
+    """The longest bond of a pure_torch triplet, or None for no limit (:func:`pure_torch_edges`)."""
     limit = settings.triplet_cutoff
     if limit is not None and limit > cutoff:
         raise ConfigError(
             f"three_body_cutoff {limit} exceeds cutoff {cutoff}; triplets can only use graph edges"
         )
-    edges = search(
-        positions, cell, pbc, cutoff, min_d2=PURE_TORCH_MIN_D2, max_neighbors=max_neighbors
-    )
-    return edges, (None if limit is None or limit >= cutoff else limit)
+    return None if limit is None or limit >= cutoff else limit
 
 
 def _extent(positions: np.ndarray) -> float:
