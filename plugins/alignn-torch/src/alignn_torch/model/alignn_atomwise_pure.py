@@ -142,10 +142,15 @@ class ALIGNNAtomWisePure(nn.Module):
         if len(self.alignn_layers) > 0:
             cos = angle_cosines(r, lg_src, lg_dst) if self.lg_on_fly else lg_cos  # [T]
             z = self._angle_features(cos)  # [T, H]
-            for block in self.alignn_layers:
-                x, y, z = block(x, y, z, src, dst, lg_src, lg_dst)
-        for conv in self.gcn_layers:
-            x, y = conv(x, y, src, dst)
+            last_block = len(self.alignn_layers) - 1
+            for i, block in enumerate(self.alignn_layers):
+                # Only x reaches the energy: the last block's triplets (and its bonds, when no
+                # GCN layer follows) are never read, so they are not computed.
+                bonds_needed = i < last_block or len(self.gcn_layers) > 0
+                x, y, z = block(x, y, z, src, dst, lg_src, lg_dst, bonds_needed, i < last_block)
+        last_conv = len(self.gcn_layers) - 1
+        for i, conv in enumerate(self.gcn_layers):
+            x, y = conv(x, y, src, dst, i < last_conv)
         return x
 
     def _edge_features(self, distance: torch.Tensor) -> torch.Tensor:
@@ -249,7 +254,7 @@ class ALIGNNAtomWisePure(nn.Module):
         if self.force_mult_natoms:
             # Per graph: each edge is scaled by its own structure's atom count (upstream uses the
             # batch's total, which couples structures).
-            pair = pair * n_atoms[edge_graph].to(pair.dtype).unsqueeze(1)
+            pair = pair * n_atoms.index_select(0, edge_graph).to(pair.dtype).unsqueeze(1)
         forces = pair.new_zeros((num_nodes, 3)).index_add_(0, dst, pair)  # [N, 3]
         if self.add_reverse_forces:
             forces = forces.index_add(0, src, -pair)

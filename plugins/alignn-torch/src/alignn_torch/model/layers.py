@@ -16,7 +16,8 @@ import math
 
 import torch
 from torch import nn
-from torch.nn import functional as F
+
+from alignn_torch.model.second_order import layer_norm_silu
 
 
 def scatter_sum(values: torch.Tensor, index: torch.Tensor, size: int) -> torch.Tensor:
@@ -41,6 +42,29 @@ def scatter_max(values: torch.Tensor, index: torch.Tensor, size: int) -> torch.T
     return out.scatter_reduce(0, expanded, values, reduce="amax", include_self=True)
 
 
+def edge_messages(
+    at_src: torch.Tensor,
+    at_dst: torch.Tensor,
+    src: torch.Tensor,
+    dst: torch.Tensor,
+    y: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+) -> torch.Tensor:
+    """``at_src[src] + at_dst[dst] + (y W^T + b)`` -> [E, H]: node terms [N, H], y [E, H], and
+    the edge gate's ``weight``/``bias`` (tensors, not the module, so TorchScript compiles it).
+
+    Built in one [E, H] buffer: the edge gate's bias is added to the [N, H] source term before
+    the gather, the destination term is added in place and ``y W^T`` is accumulated by an in-place
+    ``addmm_``. The sum is the same up to float32 rounding order; what it saves is two [E, H]
+    temporaries, which on the line graph (E = triplets) are the largest tensors of the model.
+    """
+    dtype = at_src.dtype  # under autocast the projections are bf16 while bias/weight stay fp32
+    m = (at_src + bias.to(dtype)).index_select(0, src)
+    m.add_(at_dst.index_select(0, dst))
+    return m.addmm_(y.to(dtype), weight.t().to(dtype))  # [E, H]
+
+
 class MLPLayer(nn.Module):
     """Linear -> LayerNorm -> SiLU, the unit of every embedding (``layer.{0,1}`` in checkpoints)."""
 
@@ -53,7 +77,9 @@ class MLPLayer(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layer(x)  # [*, in] -> [*, out]
+        """[*, in] -> [*, out]; while training, with the cheap double backward (second_order)."""
+        norm = self.layer[1]
+        return layer_norm_silu(self.layer[0](x), norm.weight, norm.bias, norm.eps, self.training)
 
 
 class RBFExpansion(nn.Module):
@@ -132,7 +158,15 @@ class EdgeGatedGraphConv(nn.Module):
         self, x: torch.Tensor, y: torch.Tensor, src: torch.Tensor, dst: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Pre-activation edge messages ``m`` [E, H] and projected node features [N, H]."""
-        m = self.src_gate(x)[src] + self.dst_gate(x)[dst] + self.edge_gate(y)  # [E, H]
+        m = edge_messages(
+            self.src_gate(x),
+            self.dst_gate(x),
+            src,
+            dst,
+            y,
+            self.edge_gate.weight,
+            self.edge_gate.bias,
+        )
         return m, self.dst_update(x)  # [E, H], [N, H]
 
     def _finish(
@@ -144,27 +178,52 @@ class EdgeGatedGraphConv(nn.Module):
         values: torch.Tensor,
         src: torch.Tensor,
         dst: torch.Tensor,
+        update_edges: bool,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Gated mean (or sum) at the destination, then the two residual updates."""
+        """Gated mean (or sum) at the destination, then the two residual updates.
+
+        With ``update_edges`` false the edge update is skipped and ``y`` comes back as it came
+        in: the caller has no further use for edge features (the last conv of a stack), and
+        the skipped LayerNorm/SiLU on [E, H] would only cost time (no parameter it uses would
+        get a gradient either way).
+        """
         n = x.shape[0]
-        numerator = scatter_sum(gate * values[src], dst, n)  # [N, H]
+        numerator = scatter_sum(gate * values.index_select(0, src), dst, n)  # [N, H]
         if self.gated_sum:
             h = numerator / self.sum_norm
         else:
             h = numerator / (scatter_sum(gate, dst, n) + self.eps)  # [N, H]
-        x_new = F.silu(self.bn_nodes(self.src_update(x) + h))  # [N, H]
-        y_new = F.silu(self.bn_edges(m))  # [E, H]
+        x_new = layer_norm_silu(
+            self.src_update(x) + h,
+            self.bn_nodes.weight,
+            self.bn_nodes.bias,
+            self.bn_nodes.eps,
+            self.training,
+        )  # [N, H]
+        # Residuals are added in place: SiLU keeps its input, not its output, for backward.
         if self.residual:
-            x_new = x + x_new
-            y_new = y + y_new
+            x_new = x_new.add_(x)
+        if not update_edges:
+            return x_new, y
+        y_new = layer_norm_silu(
+            m, self.bn_edges.weight, self.bn_edges.bias, self.bn_edges.eps, self.training
+        )  # [E, H]
+        if self.residual:
+            y_new = y_new.add_(y)
         return x_new, y_new
 
     def forward(
-        self, x: torch.Tensor, y: torch.Tensor, src: torch.Tensor, dst: torch.Tensor
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        src: torch.Tensor,
+        dst: torch.Tensor,
+        update_edges: bool = True,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """x [N, H] node features, y [E, H] edge features -> updated (x, y)."""
+        """x [N, H] node features, y [E, H] edge features -> updated (x, y); ``y`` unchanged
+        when ``update_edges`` is false (see :meth:`_finish`)."""
         m, values = self._gates(x, y, src, dst)
-        return self._finish(x, y, m, torch.sigmoid(m), values, src, dst)
+        return self._finish(x, y, m, torch.sigmoid(m), values, src, dst, update_edges)
 
 
 class NodeAttentionGraphConv(EdgeGatedGraphConv):
@@ -203,7 +262,9 @@ class NodeAttentionGraphConv(EdgeGatedGraphConv):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         gate_src = self._head_scale(self.src_gate(x), self.attn_src(x))  # [N, H]
         gate_dst = self._head_scale(self.dst_gate(x), self.attn_dst(x))  # [N, H]
-        m = gate_src[src] + gate_dst[dst] + self.edge_gate(y)  # [E, H]
+        m = edge_messages(
+            gate_src, gate_dst, src, dst, y, self.edge_gate.weight, self.edge_gate.bias
+        )  # [E, H]
         return m, self.dst_update(x)
 
 
@@ -234,24 +295,36 @@ class SelfAttentionGraphConv(nn.Module):
         self.bn_edges = nn.LayerNorm(output_features)
 
     def forward(
-        self, x: torch.Tensor, y: torch.Tensor, src: torch.Tensor, dst: torch.Tensor
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        src: torch.Tensor,
+        dst: torch.Tensor,
+        update_edges: bool = True,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """x [N, H], y [E, H] -> updated (x, y)."""
+        """x [N, H], y [E, H] -> updated (x, y); ``y`` unchanged when ``update_edges`` is false
+        (the caller reads no edge features after this conv)."""
         n = x.shape[0]
         e = y.shape[0]
         k, d = self.num_heads, self.head_dim
-        q = self.W_q(x)[dst].view(e, k, d)
-        key = self.W_k(x)[src].view(e, k, d)
+        q = self.W_q(x).index_select(0, dst).view(e, k, d)
+        key = self.W_k(x).index_select(0, src).view(e, k, d)
         key_edge = self.W_ke(y).view(e, k, d)
         logits = (q * key * key_edge).sum(-1) / math.sqrt(d)  # [E, K]
-        shift = scatter_max(logits, dst, n)[dst]  # [E, K]
+        shift = scatter_max(logits, dst, n).index_select(0, dst)  # [E, K]
         weights = torch.exp(logits - shift)
-        attn = weights / (scatter_sum(weights, dst, n)[dst] + 1e-8)  # [E, K]
-        values = self.W_v(x)[src].view(e, k, d)
+        attn = weights / (scatter_sum(weights, dst, n).index_select(0, dst) + 1e-8)  # [E, K]
+        values = self.W_v(x).index_select(0, src).view(e, k, d)
         h = scatter_sum((attn.unsqueeze(-1) * values).reshape(e, k * d), dst, n)  # [N, H]
-        x_new = self.fc_node(x) + F.silu(self.bn_nodes(h))
+        x_new = self.fc_node(x) + layer_norm_silu(
+            h, self.bn_nodes.weight, self.bn_nodes.bias, self.bn_nodes.eps, self.training
+        )
+        if not update_edges:
+            return x_new, y
         attn_wide = attn.unsqueeze(-1).expand(e, k, d).reshape(e, k * d)  # [E, H]
-        y_new = self.fc_edge(y) + F.silu(self.bn_edges(attn_wide))
+        y_new = self.fc_edge(y) + layer_norm_silu(
+            attn_wide, self.bn_edges.weight, self.bn_edges.bias, self.bn_edges.eps, self.training
+        )
         return x_new, y_new
 
 
@@ -314,8 +387,20 @@ class ALIGNNConv(nn.Module):
         dst: torch.Tensor,
         lg_src: torch.Tensor,
         lg_dst: torch.Tensor,
+        bonds_needed: bool = True,
+        triplets_needed: bool = True,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """x [N, H] atoms, y [E, H] bonds, z [T, H] triplets -> updated (x, y, z)."""
+        """x [N, H] atoms, y [E, H] bonds, z [T, H] triplets -> updated (x, y, z).
+
+        The flags say whether the caller reads the returned bond / triplet features; what
+        nobody reads is not computed (and returned unchanged). The last block of a model never
+        needs its triplets, and without GCN layers not its bonds either, in which case the whole
+        line-graph conv is skipped: these outputs feed no energy, so skipping them changes no
+        result and no gradient.
+        """
+        if not bonds_needed:
+            x, y = self.node_update(x, y, src, dst, False)
+            return x, y, z
         x, m = self.node_update(x, y, src, dst)
-        y, z = self.edge_update(m, z, lg_src, lg_dst)
+        y, z = self.edge_update(m, z, lg_src, lg_dst, triplets_needed)
         return x, y, z
