@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
@@ -44,14 +42,3 @@ def write_config(tmp_path):
         return path
 
     return write
-
-
-@pytest.fixture(scope="module")
-def single_thread() -> Iterator[None]:
-    """One intra-op thread for a module (``pytestmark = pytest.mark.usefixtures(...)``): tiny
-    graphs gain nothing from threads, and on a busy 2-core machine OpenMP spin-waiting made them
-    ~50-100x slower. The previous thread count is restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)

@@ -1,4 +1,5 @@
-"""Fixtures of the DGL plugin's tests: a CLI runner, DGL simulated away, single-threaded torch.
+"""Fixtures of the DGL plugin's tests: a CLI runner, DGL simulated away (single_thread: the
+repository's conftest.py).
 
 Tests that need DGL call ``pytest.importorskip("dgl")``: they run in ``nox -s dgl`` (torch 2.2.1 +
 DGL 2.1.0) and are skipped in the default suite, where DGL is not installed. Everything about
@@ -10,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 import pytest
-import torch
 
 
 @pytest.fixture
@@ -42,13 +42,3 @@ def without_dgl(monkeypatch) -> Iterator[None]:
     yield
     plugins.reset()
     loader._training_config_class.cache_clear()
-
-
-@pytest.fixture(scope="module")
-def single_thread() -> Iterator[None]:
-    """Tiny graphs gain nothing from threads, and on a busy 2-core machine OpenMP spin-waiting
-    makes them much slower; tests that run models use this and get the old count back after."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)

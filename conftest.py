@@ -1,4 +1,4 @@
-"""Fixtures shared by the torch plugin's tests."""
+"""Fixtures for every test tree (tests/ and plugins/*/tests, which pytest runs from here)."""
 
 from __future__ import annotations
 
