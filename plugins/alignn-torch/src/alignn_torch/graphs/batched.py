@@ -42,13 +42,14 @@ from alignn_torch.graphs.neighbors import (
     NeighborList,
     Pairs,
     _concatenate,
-    _edge_order,
     _offset_grid,
     _quantise,
     _row_sq,
     _screen,
     _take,
     finish_edges,
+    first_k_edges,
+    kth_nearest_steps,
 )
 from alignn_torch.graphs.strategies import pure_torch_triplet_limit
 
@@ -367,22 +368,14 @@ def _nearest_if_complete(
     """Per structure: whether it is ``inner`` (searched below the cutoff) and its pairs within
     ``radius[s]`` provably hold its K-capped list (``neighbors._nearest_if_complete``'s proof, per
     structure), and the capped edges of the structures for which both hold."""
-    src, dst, shift, r, d2 = pairs
-    n = len(stack.owner)
-    counts = np.bincount(src, minlength=n)
-    if len(src) == 0:
-        return np.zeros(len(stack.n_atoms), dtype=bool), NeighborList(src, dst, shift, r)
-    quantised = _quantise(d2)
-    order = _edge_order(src, dst, shift, quantised)
-    starts = np.cumsum(counts) - counts
-    kth = np.full(n, np.iinfo(np.int64).max)
-    full = counts >= k
-    kth[full] = quantised.take(order.take(starts[full] + (k - 1)))
+    if len(pairs[0]) == 0:
+        return np.zeros(len(stack.n_atoms), dtype=bool), NeighborList(*pairs[:4])
+    counts = np.bincount(pairs[0], minlength=len(stack.owner))
+    order, starts, kth = kth_nearest_steps(pairs, counts, k)
     atom_complete = kth < _quantise(radius * radius).take(stack.owner)
     complete = np.logical_and.reduceat(atom_complete, stack.first_atom) & inner
     atoms = np.flatnonzero(complete.take(stack.owner))
-    kept = order.take((starts.take(atoms)[:, None] + np.arange(k)).reshape(-1))
-    return complete, NeighborList(*(_take(a, kept) for a in (src, dst, shift, r)))
+    return complete, first_k_edges(pairs, order, starts.take(atoms), k)
 
 
 def _select_structures(pieces: list[Pairs], owner: np.ndarray, chosen: np.ndarray) -> list[Pairs]:

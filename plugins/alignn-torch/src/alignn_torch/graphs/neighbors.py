@@ -473,19 +473,37 @@ def _nearest_if_complete(
     pairs = _concatenate(pieces)
     if pairs is None:
         return None
-    src, dst, shift, r, d2 = pairs
-    counts = np.bincount(src, minlength=n_atoms)
+    counts = np.bincount(pairs[0], minlength=n_atoms)
     if counts.min() < k:
         return None
+    order, starts, kth = kth_nearest_steps(pairs, counts, k)
+    horizon = int(_quantise(np.array([float(radius) ** 2]))[0])
+    if int(kth.max()) >= horizon:
+        return None
+    return first_k_edges(pairs, order, starts, k)
+
+
+def kth_nearest_steps(
+    pairs: Pairs, counts: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sort pairs as :func:`sort_edges` does; return that order, each source's first position in
+    it, and each source's ``k``-th nearest distance in ``TIE_TOLERANCE`` steps (int64 max for a
+    source with fewer than ``k`` pairs). ``counts``: pairs per source atom."""
+    src, dst, shift, _, d2 = pairs
     quantised = _quantise(d2)
     order = _edge_order(src, dst, shift, quantised)
     starts = np.cumsum(counts) - counts
-    horizon = int(_quantise(np.array([float(radius) ** 2]))[0])
-    if int(quantised.take(order.take(starts + (k - 1))).max()) >= horizon:
-        return None
-    # every source has >= k pairs, sorted by source first: keep positions starts .. starts + k - 1
+    kth = np.full(len(counts), np.iinfo(np.int64).max)
+    full = counts >= k
+    kth[full] = quantised.take(order.take(starts[full] + (k - 1)))
+    return order, starts, kth
+
+
+def first_k_edges(pairs: Pairs, order: np.ndarray, starts: np.ndarray, k: int) -> NeighborList:
+    """The first ``k`` pairs (in ``order``) of every source whose first position is in
+    ``starts``; each of them has at least ``k``."""
     kept = order.take((starts[:, None] + np.arange(k)).reshape(-1))
-    return NeighborList(*(_take(a, kept) for a in (src, dst, shift, r)))
+    return NeighborList(*(_take(a, kept) for a in pairs[:4]))
 
 
 def _empty() -> NeighborList:
