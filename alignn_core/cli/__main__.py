@@ -1,5 +1,5 @@
 """``python -m alignn_core.cli`` runs the ``alignn`` CLI."""
 
-from alignn_core.cli.app import entry
+from alignn_core.cli.launch import entry
 
 entry()
