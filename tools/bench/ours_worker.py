@@ -17,10 +17,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from worker_protocol import serve, synchronize
+from worker_protocol import apply_allocator_policy, serve, synchronize
+
+apply_allocator_policy()  # before torch allocates: ALIGNN_MALLOC, set by run_bench.py
+import torch  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 _CACHE: dict[str, Any] = {}

@@ -45,6 +45,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from alignn_core.allocator import DEFAULT_POLICY, POLICIES
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 UPSTREAM_PYTHON = Path("/work/upstream-venv/bin/python")
@@ -54,10 +56,13 @@ IMPLS = ("ours", "upstream")
 class Worker:
     """One worker process and its JSON-lines channel (see ``worker_protocol.py``)."""
 
-    def __init__(self, python: str, script: Path, threads: int, device: str = "cpu") -> None:
-        # numpy's BLAS (our neighbour search) gets the same thread budget as torch
+    def __init__(self, python: str, script: Path, malloc: str, threads: int,
+                 device: str = "cpu") -> None:  # fmt: skip
+        # numpy's BLAS (our neighbour search) gets the same thread budget as torch; the worker
+        # applies the allocator policy ``malloc`` before it imports torch (worker_protocol)
         limits = {name: str(threads) for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
                                                   "MKL_NUM_THREADS")}  # fmt: skip
+        limits["ALIGNN_MALLOC"] = malloc
         self.process = subprocess.Popen(
             [python, str(script), str(threads), device], stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -162,7 +167,7 @@ def plan(quick: bool, inputs: Path, device: str = "cpu") -> list[dict[str, Any]]
     return rows
 
 
-def one_shot(script: tuple[str, Path], threads: int, request: dict[str, Any],
+def one_shot(script: tuple[str, Path, str], threads: int, request: dict[str, Any],
              device: str = "cpu") -> dict[str, Any]:  # fmt: skip
     """One request in a fresh worker process (its peak RSS is then this request's)."""
     worker = Worker(*script, threads, device)
@@ -172,7 +177,7 @@ def one_shot(script: tuple[str, Path], threads: int, request: dict[str, Any],
         worker.close()
 
 
-def cold_then_warm(script: tuple[str, Path], threads: int,
+def cold_then_warm(script: tuple[str, Path, str], threads: int,
                    request: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
     """The cache row: build a new cache in one process, reopen it in another (a warm start is
     a new run); the reply holds both phases' times and peak RSS."""
@@ -193,7 +198,7 @@ def cold_then_warm(script: tuple[str, Path], threads: int,
     return reply
 
 
-def run_rows(rows: list[dict[str, Any]], scripts: dict[str, tuple[str, Path]],
+def run_rows(rows: list[dict[str, Any]], scripts: dict[str, tuple[str, Path, str]],
              threads: int, device: str = "cpu") -> None:  # fmt: skip
     """Fill ``row["results"][impl]`` with the replies of every timed repetition."""
     persistent = {impl: Worker(*scripts[impl], threads, device) for impl in IMPLS}
@@ -288,7 +293,8 @@ def markdown(report: dict[str, Any]) -> str:
         f"({machine['processor'] or machine['platform']}), "
         f"torch {machine['torch']}, {report['threads']} torch thread(s) per side, float32 on "
         f"{machine.get('gpu') or 'the CPU'}, "
-        f"{'quick' if report['quick'] else 'full'} mode; 1-min load average "
+        f"{'quick' if report['quick'] else 'full'} mode; allocator policy (ALIGNN_MALLOC) ours "
+        f"{report['malloc']['ours']}, upstream {report['malloc']['upstream']}; 1-min load average "
         f"{machine['load_before'][0]:.1f} before, {report['load_after'][0]:.1f} after "
         "(shared machine: ours and upstream alternate call by call, compare ratios).",
         "",
@@ -319,6 +325,15 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", help="row groups to run (graph train infer cache)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (model rows only)")
     parser.add_argument("-o", "--out-dir", type=Path, default=REPO / "bench")
+    parser.add_argument(
+        "--ours-malloc",
+        choices=POLICIES,
+        default=DEFAULT_POLICY,
+        help="our allocator policy (default: what the alignn command applies)",
+    )
+    parser.add_argument("--upstream-malloc", choices=POLICIES, default="system",
+                        help="upstream's (default: system, what its scripts get; "
+                             "--upstream-malloc retain gives it ours)")  # fmt: skip
     args = parser.parse_args()
 
     import torch
@@ -334,12 +349,14 @@ def main() -> None:
                "cpus": os.cpu_count(), "python": platform.python_version(),
                "torch": torch.__version__, "load_before": os.getloadavg(),
                "device": args.device, "gpu": _gpu_name(args.device)}  # fmt: skip
-    scripts = {"ours": (sys.executable, HERE / "ours_worker.py"),
-               "upstream": (args.upstream_python, HERE / "upstream_worker.py")}  # fmt: skip
+    scripts = {"ours": (sys.executable, HERE / "ours_worker.py", args.ours_malloc),
+               "upstream": (args.upstream_python, HERE / "upstream_worker.py",
+                            args.upstream_malloc)}  # fmt: skip
     run_rows(rows, scripts, args.threads, args.device)
     report = {
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "quick": args.quick, "threads": args.threads, "upstream_version": version,
+        "malloc": {"ours": args.ours_malloc, "upstream": args.upstream_malloc},
         "machine": machine, "load_after": os.getloadavg(),
         "summary": summarise(rows), "rows": rows,
     }  # fmt: skip

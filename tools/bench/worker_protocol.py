@@ -11,15 +11,32 @@ load it (torch, which both have, only inside :func:`synchronize`).
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import resource
 import sys
 import traceback
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 Task = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+def apply_allocator_policy() -> list[str]:
+    """Apply ``ALIGNN_MALLOC`` (set per worker by ``run_bench.py``) to this worker process.
+
+    Both workers call this before importing torch (PyTorch reads its huge-page switch at its
+    first allocation). The policy code is ``alignn_core/allocator.py`` (stdlib only), loaded by
+    path so upstream's venv, which has none of our packages, runs the very same code.
+    """
+    path = Path(__file__).resolve().parents[2] / "alignn_core" / "allocator.py"
+    spec = importlib.util.spec_from_file_location("_bench_allocator", path)
+    assert spec is not None and spec.loader is not None
+    allocator = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(allocator)
+    return allocator.apply_policy(allocator.policy_from_env())
 
 
 def peak_rss_bytes() -> int:
