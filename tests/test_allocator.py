@@ -46,9 +46,6 @@ def test_thp_sets_torch_switch_but_keeps_an_explicit_one():
     environ: dict[str, str] = {}
     assert apply_policy("thp", environ) == [f"{TORCH_THP_VAR}=1"]
     assert environ == {TORCH_THP_VAR: "1"}
-    retained: dict[str, str] = {}
-    apply_policy("retain", retained)
-    assert retained == {}  # retain is glibc's alone; it does not switch PyTorch to huge pages
     mine = {TORCH_THP_VAR: "0"}
     assert apply_policy("thp", mine) == [] and mine == {TORCH_THP_VAR: "0"}
     untouched: dict[str, str] = {}
@@ -63,9 +60,11 @@ def test_retain_calls_glibc_mallopt_in_its_own_process():
     code = (
         "import platform\n"
         "from alignn_core.allocator import apply_policy\n"
-        "changed = apply_policy('retain', {})\n"
+        "environ = {}\n"
+        "changed = apply_policy('retain', environ)\n"
         "glibc = platform.libc_ver()[0] == 'glibc'\n"
         "assert any('mallopt' in c for c in changed) == glibc, changed\n"
+        "assert environ == {}, environ\n"  # glibc's alone: PyTorch's huge pages stay off
         "import torch\n"
         "x = torch.ones(2**24) * 2\n"  # large blocks still allocate and compute after it
         "del x\n"
