@@ -67,8 +67,8 @@ def policy_from_env(environ: MutableMapping[str, str] | None = None) -> str:
 
 
 def _glibc_mallopt():
-    """glibc's ``mallopt`` for this process, or None (not Linux/glibc, or not found)."""
-    if sys.platform != "linux" or platform.libc_ver()[0] != "glibc":
+    """glibc's ``mallopt`` for this process, or None (another C library, or not found)."""
+    if platform.libc_ver()[0] != "glibc":
         return None
     try:
         mallopt = ctypes.CDLL(None).mallopt
@@ -86,7 +86,9 @@ def apply_policy(policy: str, environ: MutableMapping[str, str] | None = None) -
     Safe to call more than once.
     """
     if policy not in POLICIES:
-        raise AllocatorPolicyError(f"unknown allocator policy {policy!r}; use one of {POLICIES}")
+        raise AllocatorPolicyError(
+            f"unknown allocator policy {policy!r}; use one of {', '.join(POLICIES)}"
+        )
     environ = os.environ if environ is None else environ
     changed: list[str] = []
     if policy == "system" or sys.platform != "linux":

@@ -76,7 +76,8 @@ def test_retain_calls_glibc_mallopt_in_its_own_process():
 
 
 def _huge_page_kib(policy: str) -> int:
-    """AnonHugePages (KiB) after a 64 MiB tensor, in a child run through the launcher's path."""
+    """AnonHugePages (KiB) after a 64 MiB tensor, in a child that applies ``policy`` before
+    importing torch, as the launcher does."""
     code = (
         "from alignn_core.allocator import apply_policy\n"
         f"apply_policy({policy!r})\n"
