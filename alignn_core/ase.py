@@ -41,6 +41,8 @@ class ALIGNNCalculator(Calculator):
     default: the model's, or CUDA when available for a path) and ``dtype`` (``float32`` or
     ``float64``) move/cast a copy of the model. ``skin`` (Å, None disables reuse) controls
     neighbour-list reuse. ``reuses``/``rebuilds`` count cached and full neighbour searches.
+    ``cuda_graphs`` replays captured CUDA graphs instead of launching every kernel each step
+    (:meth:`~alignn_core.inference.InferenceModel.with_cuda_graphs`; GPU only).
     """
 
     implemented_properties = ["energy", "free_energy", "forces", "stress"]  # noqa: RUF012
@@ -53,6 +55,7 @@ class ALIGNNCalculator(Calculator):
         device: str | None = None,
         dtype: str | None = None,
         skin: float | None = DEFAULT_SKIN,
+        cuda_graphs: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -62,6 +65,8 @@ class ALIGNNCalculator(Calculator):
             from alignn_core.inference.loading import load_model
 
             model = load_model(model, device=device, dtype=dtype)
+        if cuda_graphs and not model.uses_cuda_graphs:
+            model = model.with_cuda_graphs()
         if skin is not None and not skin >= 0:
             raise ModelError(f"skin must be >= 0 Å (or None to disable reuse), got {skin}")
         if not model.is_force_field:
@@ -119,10 +124,10 @@ class ALIGNNCalculator(Calculator):
         return float(atoms.get_kinetic_energy() + scale * atoms.get_potential_energy())
 
     def summary(self) -> dict[str, Any]:
-        """Model, device, dtype and neighbour reuse counters (for logs)."""
+        """Model, device, dtype, CUDA graph and neighbour reuse counters (for logs)."""
         return {"model": str(self.model.source), "device": str(self.model.device),
-                "dtype": self.model.dtype, "skin": self.skin, "reuses": self.reuses,
-                "rebuilds": self.rebuilds}  # fmt: skip
+                "dtype": self.model.dtype, "cuda_graphs": self.model.cuda_graph_counts or None,
+                "skin": self.skin, "reuses": self.reuses, "rebuilds": self.rebuilds}  # fmt: skip
 
 
 def stress_to_ase(stress_gpa: np.ndarray) -> np.ndarray:

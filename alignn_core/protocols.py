@@ -88,6 +88,23 @@ class ModelPlugin(Protocol):
 
 
 @runtime_checkable
+class CapturesForward(Protocol):
+    """Optional for a :class:`ModelPlugin`: inference by CUDA graph replay.
+
+    Inference (:meth:`alignn_core.inference.InferenceModel.with_cuda_graphs`) uses it when a
+    user asks for CUDA graphs; a model plugin without it is refused with a clear error.
+    """
+
+    def captured_forward(
+        self, module: torch.nn.Module, *, max_captures: int
+    ) -> Callable[[Any], dict[str, torch.Tensor]]:
+        """A callable ``f(graph)`` returning what ``module(graph, compute_stress=True)`` returns
+        under ``torch.no_grad()`` (forces and stress included), for a module in eval mode on a
+        CUDA device, by replaying captured graphs; at most ``max_captures`` are kept."""
+        ...
+
+
+@runtime_checkable
 class DatasetProvider(Protocol):
     """Supplies a ``torch.utils.data.Dataset`` of :class:`alignn_core.data.samples.Sample`."""
 

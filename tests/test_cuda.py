@@ -10,10 +10,12 @@ order perturbs only at float32 rounding.
 from __future__ import annotations
 
 import json
+import warnings
 
 import numpy as np
 import pytest
 import torch
+from ase import units
 
 import alignn_core
 from tests.conftest import EXAMPLES
@@ -107,3 +109,48 @@ def test_torchscript_export_runs_on_cuda(run_dir, tmp_path):
         results[device] = {k: v.cpu() for k, v in module.forward_tensors_z(*inputs, True).items()}
     for key, value in results["cpu"].items():
         torch.testing.assert_close(results["cuda"][key], value, rtol=1e-10, atol=1e-9)
+
+
+def _eager_and_replayed(run_dir, dtype: str):
+    eager = alignn_core.load_model(run_dir, device="cuda", dtype=dtype)
+    return eager, eager.with_cuda_graphs(max_captures=2)
+
+
+def test_cuda_graphs_replay_the_eager_model_along_md(run_dir):
+    """NVE steps with both calculators side by side: every step's energy, forces and stress
+    from replayed graphs equal eager ones (float64), through bucket changes as triplet counts
+    move, and no capture falls back to eager (a fallback warns: an error here)."""
+    from ase.md.verlet import VelocityVerlet
+
+    from alignn_core.cli.md_command import thermalize
+
+    eager, replayed = _eager_and_replayed(run_dir, "float64")
+    atoms = cu_atoms(2, seed=11)
+    thermalize(atoms, 600.0, np.random.default_rng(0))
+    reference = atoms.copy()
+    atoms.calc = replayed.calculator()
+    reference.calc = eager.calculator()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        for _ in range(15):
+            assert atoms.get_potential_energy() == pytest.approx(
+                reference.get_potential_energy(), rel=1e-11, abs=1e-11
+            )
+            np.testing.assert_allclose(atoms.get_forces(), reference.get_forces(), atol=1e-10)
+            np.testing.assert_allclose(atoms.get_stress(), reference.get_stress(), atol=1e-12)
+            VelocityVerlet(atoms, 2 * units.fs).run(1)
+            VelocityVerlet(reference, 2 * units.fs).run(1)
+    counts = replayed.cuda_graph_counts
+    assert counts["replays"] >= 16 and 1 <= counts["captures"] <= 4
+
+
+def test_cuda_graphs_predict_batches_like_eager(run_dir):
+    eager, replayed = _eager_and_replayed(run_dir, "float32")
+    structures = [cu_atoms(1, seed=s) for s in range(5)] + [cu_atoms(2, seed=9)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        for a, b in zip(eager.predict(structures, batch_size=3),
+                        replayed.predict(structures, batch_size=3), strict=True):  # fmt: skip
+            assert b.energy == pytest.approx(a.energy, rel=1e-5)
+            np.testing.assert_allclose(b.forces, a.forces, rtol=1e-4, atol=1e-5)
+            np.testing.assert_allclose(b.stress, a.stress, rtol=1e-4, atol=1e-4)

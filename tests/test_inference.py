@@ -20,6 +20,7 @@ from ase.units import fs
 import alignn_core
 from alignn_core.cli.md_command import thermalize
 from alignn_core.errors import ConfigError, ModelError
+from alignn_core.inference import InferenceModel
 from alignn_core.units import EV_PER_A3_TO_GPA
 from tests.conftest import EXAMPLES
 from tests.inference_models import cu_atoms, make_run, molecule, run_config
@@ -107,6 +108,27 @@ def test_to_returns_a_copy_and_leaves_the_original(model64):
 def test_cuda_without_cuda_is_a_user_error(run_dir):
     with pytest.raises(ModelError, match="CUDA is not available"):
         alignn_core.load_model(run_dir, device="cuda")
+
+
+def test_cuda_graphs_need_cuda_and_a_plugin_that_captures(model64):
+    with pytest.raises(ModelError) as caught:
+        model64.with_cuda_graphs()
+    assert str(caught.value) == (
+        "CUDA graphs need a CUDA device; this model is on cpu (use device 'cuda')"
+    )
+    # a third-party model plugin without ``captured_forward`` (the device is only looked at)
+    elsewhere = InferenceModel(
+        model64.module, model64.config, plugin=object(), backend=model64.backend,
+        device=torch.device("cuda"), dtype="float64",
+    )  # fmt: skip
+    with pytest.raises(ModelError) as caught:
+        elsewhere.with_cuda_graphs()
+    assert str(caught.value) == (
+        "model 'alignn_atomwise_pure' does not support CUDA graphs (its plugin has no "
+        "captured_forward)"
+    )
+    assert not model64.uses_cuda_graphs and "cuda_graphs" not in repr(model64)
+    assert model64.cuda_graph_counts == {}
 
 
 @pytest.mark.parametrize(

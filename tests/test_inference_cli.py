@@ -140,3 +140,9 @@ def test_md_mistakes(run_cli, model_dir, files):
     assert code == 2 and "npt" in err
     code, _, err = run_cli("md", files / "nope", files / "POSCAR-cu3au")
     assert code == 2 and err.strip().startswith(f"error: {files / 'nope'}: model not found")
+    code, _, err = run_cli("md", model_dir, files / "POSCAR-cu3au", "--cuda-graphs", "--device",
+                           "cpu")  # fmt: skip
+    assert code == 2
+    assert err.strip() == (
+        "error: CUDA graphs need a CUDA device; this model is on cpu (use device 'cuda')"
+    )

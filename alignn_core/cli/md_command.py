@@ -17,6 +17,7 @@ import numpy as np
 import typer
 
 from alignn_core.cli.simulation_io import (
+    CUDA_GRAPHS_HELP,
     DEVICE_HELP,
     DTYPE_HELP,
     TrajectoryWriter,
@@ -72,6 +73,7 @@ def md(
     device: str | None = typer.Option(None, "--device", help=DEVICE_HELP),
     dtype: str | None = typer.Option(None, "--dtype", help=DTYPE_HELP),
     skin: float = typer.Option(0.5, "--skin", min=0.0, help="Neighbour-list skin (Å)."),
+    cuda_graphs: bool = typer.Option(False, "--cuda-graphs", help=CUDA_GRAPHS_HELP),
 ) -> None:
     """Run molecular dynamics of STRUCTURE with MODEL; write a trajectory and a log."""
     from ase import units
@@ -82,7 +84,7 @@ def md(
     log = log or Path(f"{stem}-md.log")
     traj_fmt = check_writable(output, "--output", multi_frame=True)
     atoms = read_start(structure)
-    atoms.calc = make_calculator(model, device, dtype, skin)
+    atoms.calc = make_calculator(model, device, dtype, skin, cuda_graphs)
     rng = np.random.default_rng(seed)
     if temperature > 0:
         thermalize(atoms, temperature, rng)

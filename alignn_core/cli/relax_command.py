@@ -16,6 +16,7 @@ import numpy as np
 import typer
 
 from alignn_core.cli.simulation_io import (
+    CUDA_GRAPHS_HELP,
     DEVICE_HELP,
     DTYPE_HELP,
     TrajectoryWriter,
@@ -60,6 +61,7 @@ def relax(
     device: str | None = typer.Option(None, "--device", help=DEVICE_HELP),
     dtype: str | None = typer.Option(None, "--dtype", help=DTYPE_HELP),
     skin: float = typer.Option(0.5, "--skin", min=0.0, help="Neighbour-list skin (Å)."),
+    cuda_graphs: bool = typer.Option(False, "--cuda-graphs", help=CUDA_GRAPHS_HELP),
     quiet: bool = typer.Option(False, "--quiet", help="No optimiser log."),
 ) -> None:
     """Relax STRUCTURE with MODEL; write the relaxed structure and the trajectory."""
@@ -72,7 +74,7 @@ def relax(
     if cell and not atoms.pbc.all():
         raise UserError(f"{structure}: --cell needs a structure periodic in all three directions "
                         f"(pbc is {atoms.pbc.tolist()})")  # fmt: skip
-    atoms.calc = make_calculator(model, device, dtype, skin)
+    atoms.calc = make_calculator(model, device, dtype, skin, cuda_graphs)
     target = cell_filter(atoms) if cell else atoms
     from ase.optimize import BFGS, FIRE
 

@@ -14,6 +14,7 @@ from alignn_core.errors import DataError, UserError
 err_console = Console(stderr=True)
 DEVICE_HELP = "cpu, cuda, cuda:1 ... [default: cuda when available]"
 DTYPE_HELP = "float32 or float64 [default: the config's dtype]"
+CUDA_GRAPHS_HELP = "Replay captured CUDA graphs each step (GPU only; faster for small systems)."
 
 
 def read_start(path: Path) -> Any:
@@ -98,12 +99,14 @@ class TrajectoryWriter:
             self._traj.close()
 
 
-def make_calculator(model: Path, device: str | None, dtype: str | None, skin: float | None):
+def make_calculator(
+    model: Path, device: str | None, dtype: str | None, skin: float | None, cuda_graphs: bool
+):
     """Load MODEL and wrap it in an ASE calculator, printing conversion notes to stderr."""
     from alignn_core.ase import ALIGNNCalculator
     from alignn_core.inference import load_model
 
-    loaded = load_model(model, device=device, dtype=dtype)
+    loaded = load_model(model, device=device, dtype=dtype, cuda_graphs=cuda_graphs)
     for note in loaded.notes:
         err_console.print(f"note: {note}", highlight=False, soft_wrap=True)
     import warnings

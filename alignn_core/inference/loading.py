@@ -181,6 +181,7 @@ def load_model(
     *,
     device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
+    cuda_graphs: bool = False,
 ) -> InferenceModel:
     """Load a trained model for inference.
 
@@ -188,6 +189,7 @@ def load_model(
     or a checkpoint file (``.pt``) with its ``config.json`` beside it. ``device``: ``cpu``,
     ``cuda``, ``cuda:1`` ... (default: CUDA when available). ``dtype``: ``float32`` or
     ``float64`` (default: the config's dtype when it is one of those, else float32).
+    ``cuda_graphs``: evaluate forces by CUDA graph replay (:meth:`InferenceModel.with_cuda_graphs`).
     """
     config_path, checkpoint = find_model_files(path)
     config, origin, notes = read_model_config(config_path)
@@ -211,9 +213,10 @@ def load_model(
     load_weights(module, state, source=checkpoint, model=f"described in {config_path}",
                  fix="use the config.json the checkpoint was trained with")  # fmt: skip
     module = module.to(target, DTYPES[dtype_name]).eval()
-    return InferenceModel(module, config, plugin=plugin, backend=backend, device=target,
-                          dtype=dtype_name, source=Path(path), checkpoint=checkpoint,
-                          origin=origin, notes=notes)  # fmt: skip
+    model = InferenceModel(module, config, plugin=plugin, backend=backend, device=target,
+                           dtype=dtype_name, source=Path(path), checkpoint=checkpoint,
+                           origin=origin, notes=notes)  # fmt: skip
+    return model.with_cuda_graphs() if cuda_graphs else model
 
 
 def _key_mismatch(module: torch.nn.Module, state: dict) -> tuple[list[str], list[str]]:

@@ -138,10 +138,12 @@ class InferenceModel:
         self._accepts_compute_stress = "compute_stress" in inspect.signature(
             module.forward
         ).parameters
+        self._captured: Callable[[Any], dict[str, torch.Tensor]] | None = None
 
     def __repr__(self) -> str:
+        graphs = ", cuda_graphs=True" if self.uses_cuda_graphs else ""
         return (f"InferenceModel({self.config.model.name!r}, source={str(self.source)!r}, "
-                f"device={str(self.device)!r}, dtype={self.dtype!r})")  # fmt: skip
+                f"device={str(self.device)!r}, dtype={self.dtype!r}{graphs})")  # fmt: skip
 
     # ------------------------------------------------------------------ properties
     @property
@@ -176,6 +178,48 @@ class InferenceModel:
                               checkpoint=self.checkpoint, origin=self.origin,
                               notes=self.notes)  # fmt: skip
 
+    @property
+    def uses_cuda_graphs(self) -> bool:
+        """True when force evaluations replay captured CUDA graphs (:meth:`with_cuda_graphs`)."""
+        return self._captured is not None
+
+    @property
+    def cuda_graph_counts(self) -> dict[str, int]:
+        """``captures`` made and ``replays`` run so far by CUDA graphs (empty without them, or
+        when the plugin's runner does not count): one capture per size bucket met means the
+        buckets fit the run; a capture every few calls means the sizes keep changing."""
+        runner = self._captured
+        counts = {"captures": getattr(runner, "captures_made", None),
+                  "replays": getattr(runner, "replays", None)}  # fmt: skip
+        return {key: int(value) for key, value in counts.items() if value is not None}
+
+    def with_cuda_graphs(self, max_captures: int = 4) -> InferenceModel:
+        """This model evaluating forces by CUDA graph replay: a new ``InferenceModel`` sharing
+        the module (weights are not copied).
+
+        For repeated calls on one system (MD, relaxation) on a GPU, where a call is bound by
+        kernel launches: each call is padded to a size bucket and the bucket's captured graph is
+        replayed (docs/inference.md). Needs a CUDA device and a model plugin that provides
+        ``captured_forward``; calls without forces still run eagerly.
+        """
+        if self.device.type != "cuda":
+            raise ModelError(
+                f"CUDA graphs need a CUDA device; this model is on {self.device} "
+                "(use device 'cuda')"
+            )
+        factory = getattr(self.plugin, "captured_forward", None)
+        if factory is None:
+            raise ModelError(f"model {self.config.model.name!r} does not support CUDA graphs "
+                             "(its plugin has no captured_forward)")  # fmt: skip
+        if max_captures < 1:
+            raise ModelError(f"max_captures must be >= 1, got {max_captures}")
+        copy_ = InferenceModel(self.module, self.config, plugin=self.plugin,
+                               backend=self.backend, device=self.device, dtype=self.dtype,
+                               source=self.source, checkpoint=self.checkpoint,
+                               origin=self.origin, notes=self.notes)  # fmt: skip
+        copy_._captured = factory(self.module, max_captures=max_captures)
+        return copy_
+
     # ------------------------------------------------------------------ graphs and forward
     def graph_builder(self, skin: float | None = None) -> GraphBuilder:
         """A builder for successive configurations of one system (``skin`` in Å enables
@@ -185,6 +229,8 @@ class InferenceModel:
     def forward(self, graph: Any, *, gradients: bool) -> dict[str, torch.Tensor]:
         """Run the module on a (batched) graph; ``gradients`` asks for forces and stress even if
         the model was configured without them. Returned tensors are detached, on the device."""
+        if gradients and self._captured is not None:
+            return self._captured(graph)
         kwargs: dict[str, Any] = {}
         if gradients:
             if self._accepts_compute_stress:

@@ -8,10 +8,23 @@ third-party model would be registered.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import torch
+
 from alignn_core.config.model import ModelConfig
 from alignn_torch.config import ALIGNNAtomWisePureConfig, ALIGNNAtomWisePureSmoothConfig
 from alignn_torch.model.alignn_atomwise_pure import ALIGNNAtomWisePure
 from alignn_torch.model.alignn_atomwise_pure_smooth import ALIGNNAtomWisePureSmooth
+from alignn_torch.model.cuda_graphs import CapturedForward
+
+
+def _captured_forward(
+    module: torch.nn.Module, *, max_captures: int
+) -> Callable[..., dict[str, torch.Tensor]]:
+    """:class:`~alignn_core.protocols.CapturesForward` for both models: their forward takes a
+    padded :class:`~alignn_torch.graphs.graph.AtomGraph` like any other."""
+    return CapturedForward(module, max_captures=max_captures)
 
 
 class AlignnAtomwisePurePlugin:
@@ -32,6 +45,8 @@ class AlignnAtomwisePurePlugin:
             )
         return ALIGNNAtomWisePure(config)
 
+    captured_forward = staticmethod(_captured_forward)
+
 
 class AlignnAtomwisePureSmoothPlugin:
     """Builds :class:`ALIGNNAtomWisePureSmooth`; consumes the same ``torch`` graphs."""
@@ -47,6 +62,8 @@ class AlignnAtomwisePureSmoothPlugin:
                 f"{self.name} needs an ALIGNNAtomWisePureSmoothConfig, got {type(config).__name__}"
             )
         return ALIGNNAtomWisePureSmooth(config)
+
+    captured_forward = staticmethod(_captured_forward)
 
 
 ALIGNN_ATOMWISE_PURE = AlignnAtomwisePurePlugin()
