@@ -25,7 +25,8 @@ model rows, 2 and 3, on the GPU):
 3. ``infer``: energy+forces+stress of a prebuilt graph of a 64/512/4,096-atom Si cell and of a
    batch of 32 8-atom Si cells (reduced model), eager; and each side's TorchScript export
    called from a neighbour list (``forward_tensors_z``; ours also without TorchScript, the same
-   module left eager: ``exported_eager``).
+   module left eager: ``exported_eager``). On CUDA also ours by CUDA graph replay
+   (``cuda_graph``, ``alignn_torch.model.cuda_graphs``), from the graph on the host.
 4. ``cache``: cold LMDB build vs warm reopen (``read_existing``) of mlearn Cu records, each
    followed by one pass of reads.
 """
@@ -143,14 +144,15 @@ def plan(quick: bool, inputs: Path, device: str = "cpu") -> list[dict[str, Any]]
         row("train", f"mlearn Cu {label}, {steps} steps x batch 5",
             {"task": "train", "steps": steps, "batch_size": 5, "config": config}, fresh=True,
             warmup=0, repeats=3)  # fmt: skip
+    graphed = ("cuda_graph",) if device != "cpu" else ()  # ours only: upstream has none
     for n in (64, 512, 4096):
         big = n == 4096
-        for mode in ("eager", "exported_eager", "torchscript"):
+        for mode in ("eager", "exported_eager", "torchscript", *graphed):
             # upstream's export runs with the graph executor's optimisation on (its default),
             # which needs a few profiling calls before it settles
             row("infer", f"Si {n}, {mode}",
                 {"task": "infer", "structures": si[n], "batch": 1, "mode": mode},
-                impls=("ours",) if mode == "exported_eager" else IMPLS,
+                impls=IMPLS if mode in ("eager", "torchscript") else ("ours",),
                 repeats=2 if big and quick else reps,
                 warmup=4 if mode == "torchscript" else 1 if big else 2)  # fmt: skip
     row(
@@ -159,6 +161,10 @@ def plan(quick: bool, inputs: Path, device: str = "cpu") -> list[dict[str, Any]]
         {"task": "infer", "structures": si8x32, "batch": 32, "mode": "eager"},
         warmup=2,
     )
+    for mode in graphed:
+        row("infer", f"32 x Si 8, batched {mode}",
+            {"task": "infer", "structures": si8x32, "batch": 32, "mode": mode},
+            impls=("ours",), warmup=2)  # fmt: skip
     row("cache", f"mlearn Cu, {40 if quick else 324} records",
         {"task": "cache", "records": 40 if quick else 324}, fresh=True, warmup=0,
         repeats=2 if quick else 3)  # fmt: skip
