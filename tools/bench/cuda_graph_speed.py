@@ -23,6 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import ours_worker  # applies the allocator policy before torch loads
 import torch
+from gpu_report import gpu_machine, write_results
 from run_bench import silicon_json
 
 CASES = (("Si 64", 64, 1), ("Si 512", 512, 1), ("Si 4096", 4096, 1), ("32 x Si 8", 8, 32))
@@ -89,20 +90,15 @@ def main() -> None:
                    **measure(config_name, spec, copies, args.repeats)}  # fmt: skip
             print(json.dumps(row), flush=True)
             rows.append(row)
-    machine = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
-               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}  # fmt: skip
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "cuda_graph_speed.json").write_text(json.dumps({**machine, "rows": rows}, indent=1))
-    lines = [f"{machine['device']}, torch {machine['torch']}, {machine['date']}, float32", "",
-             "| config | case | atoms | eager ms | replay ms | speedup | first call ms | "
+    table = ["| config | case | atoms | eager ms | replay ms | speedup | first call ms | "
              "max abs diff (forces) |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in rows:
-        lines.append(f"| {r['config']} | {r['case']} | {r['atoms']} | {1e3 * r['eager_s']:.2f} | "
+        table.append(f"| {r['config']} | {r['case']} | {r['atoms']} | {1e3 * r['eager_s']:.2f} | "
                      f"{1e3 * r['replay_s']:.2f} | {r['speedup']:.2f}x | "
                      f"{1e3 * r['first_call_s']:.0f} | "
                      f"{r['max_abs_difference']['grad']:.1e} |")  # fmt: skip
-    (args.out / "cuda_graph_speed.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_results(args.out, "cuda_graph_speed", gpu_machine(repeats=args.repeats), rows,
+                  "float32, medians", table)  # fmt: skip
 
 
 if __name__ == "__main__":

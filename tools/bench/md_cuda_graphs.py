@@ -26,6 +26,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import ours_worker  # applies the allocator policy before torch loads
 import torch
+from gpu_report import gpu_machine, write_results
 
 REPO = Path(__file__).resolve().parents[2]
 REPS = {32: (2, 2, 2), 108: (3, 3, 3), 500: (5, 5, 5), 2048: (8, 8, 8)}
@@ -96,22 +97,17 @@ def main() -> None:
                    "last_cuda_graph_counts": counts}  # fmt: skip
             print(json.dumps(row), flush=True)
             rows.append(row)
-    machine = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
-               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-               "steps": args.steps, "warmup": args.warmup, "rounds": args.rounds}  # fmt: skip
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "md_cuda_graphs.json").write_text(json.dumps({**machine, "rows": rows}, indent=1))
-    lines = [f"{machine['device']}, torch {machine['torch']}, {machine['date']}; ASE NVE, "
-             f"{args.steps} steps after {args.warmup}, median of {args.rounds} rounds", "",
-             "| config | atoms | eager steps/s | CUDA graphs steps/s | speedup | captures |",
+    table = ["| config | atoms | eager steps/s | CUDA graphs steps/s | speedup | captures |",
              "|---|---|---|---|---|---|"]  # fmt: skip
     for r in rows:
         captures = (r["last_cuda_graph_counts"] or {}).get("captures", "–")
-        lines.append(f"| {r['config']} | {r['atoms']} | {r['eager_steps_per_s']:.1f} | "
+        table.append(f"| {r['config']} | {r['atoms']} | {r['eager_steps_per_s']:.1f} | "
                      f"{r['cuda_graphs_steps_per_s']:.1f} | {r['speedup']:.2f}x | "
                      f"{captures} |")  # fmt: skip
-    (args.out / "md_cuda_graphs.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    machine = gpu_machine(steps=args.steps, warmup=args.warmup, rounds=args.rounds)
+    caption = (f"ASE NVE, {args.steps} steps after {args.warmup}, median of {args.rounds} "
+               "rounds")  # fmt: skip
+    write_results(args.out, "md_cuda_graphs", machine, rows, caption, table)
 
 
 if __name__ == "__main__":
