@@ -18,6 +18,7 @@ import torch
 from ase import units
 
 import alignn_core
+from alignn_core.errors import ModelError
 from tests.conftest import EXAMPLES
 from tests.inference_models import cu_atoms, make_run
 
@@ -142,6 +143,13 @@ def test_cuda_graphs_replay_the_eager_model_along_md(run_dir):
             VelocityVerlet(reference, 2 * units.fs).run(1)
     counts = replayed.cuda_graph_counts
     assert counts["replays"] >= 16 and 1 <= counts["captures"] <= 4
+
+
+def test_cuda_graphs_survive_to_and_refuse_the_cpu(run_dir):
+    _, replayed = _eager_and_replayed(run_dir, "float32")
+    assert replayed.to(dtype="float64").uses_cuda_graphs
+    with pytest.raises(ModelError, match="CUDA graphs need a CUDA device"):
+        replayed.to(device="cpu")
 
 
 def test_cuda_graphs_predict_batches_like_eager(run_dir):

@@ -139,6 +139,7 @@ class InferenceModel:
             module.forward
         ).parameters
         self._captured: Callable[[Any], dict[str, torch.Tensor]] | None = None
+        self._max_captures = 0
 
     def __repr__(self) -> str:
         graphs = ", cuda_graphs=True" if self.uses_cuda_graphs else ""
@@ -167,16 +168,21 @@ class InferenceModel:
     def to(self, device: str | torch.device | None = None,
            dtype: str | torch.dtype | None = None) -> InferenceModel:  # fmt: skip
         """This model on another device/dtype: ``self`` if nothing changes, else a copy (the
-        original keeps its weights where they are, like ``Tensor.to``)."""
+        original keeps its weights where they are, like ``Tensor.to``). A copy of a model with
+        CUDA graphs has them too, so it must stay on a CUDA device."""
         new_device = self.device if device is None else resolve_device(device)
         new_dtype = self.dtype if dtype is None else resolve_dtype(dtype)
         if new_device == self.device and new_dtype == self.dtype:
             return self
         module = copy.deepcopy(self.module).to(new_device, DTYPES[new_dtype])
-        return InferenceModel(module, self.config, plugin=self.plugin, backend=self.backend,
-                              device=new_device, dtype=new_dtype, source=self.source,
-                              checkpoint=self.checkpoint, origin=self.origin,
-                              notes=self.notes)  # fmt: skip
+        moved = InferenceModel(module, self.config, plugin=self.plugin, backend=self.backend,
+                               device=new_device, dtype=new_dtype, source=self.source,
+                               checkpoint=self.checkpoint, origin=self.origin,
+                               notes=self.notes)  # fmt: skip
+        if self._captured is None:
+            return moved
+        # the copy replays graphs of its own weights; a CPU copy is refused like any CPU model
+        return moved.with_cuda_graphs(self._max_captures)
 
     @property
     def uses_cuda_graphs(self) -> bool:
@@ -218,6 +224,7 @@ class InferenceModel:
                                source=self.source, checkpoint=self.checkpoint,
                                origin=self.origin, notes=self.notes)  # fmt: skip
         copy_._captured = factory(self.module, max_captures=max_captures)
+        copy_._max_captures = max_captures
         return copy_
 
     # ------------------------------------------------------------------ graphs and forward
