@@ -49,6 +49,10 @@ class GraphBackend(Protocol):
     Optional: ``build_many(structures, settings)`` returning :meth:`build`'s graph for each
     structure, in order and identical, built together (cheaper for many small structures).
     Dataset providers use it through :func:`alignn_core.data.samples.built_graphs`.
+
+    Optional: ``pad(graph)`` returning an :class:`alignn_core.cuda_graphs.PaddedGraph`, the
+    graph padded to a size bucket; training with ``cuda_graphs`` needs it (CUDA graph replay
+    runs fixed shapes) and refuses a backend without it.
     """
 
     name: str

@@ -18,9 +18,10 @@ from alignn_torch.graphs.graph import collate_graphs
 from alignn_torch.graphs.padding import Capacity, capacity_for, pad_graph, round_up
 from alignn_torch.model.alignn_atomwise_pure import ALIGNNAtomWisePure
 from alignn_torch.model.alignn_atomwise_pure_smooth import ALIGNNAtomWisePureSmooth
-from alignn_torch.model.cuda_graphs import CapturedForward, rerun_capture
+from alignn_torch.model.cuda_graphs import CapturedForward
 
 from alignn_core.config.graph_settings import GraphSettings
+from alignn_core.cuda_graphs import rerun_capture
 from alignn_core.structures import Structure
 
 SETTINGS = GraphSettings(

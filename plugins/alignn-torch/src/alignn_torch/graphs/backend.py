@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from alignn_core.config.graph_settings import GraphSettings
+from alignn_core.cuda_graphs import PaddedGraph
 from alignn_core.errors import ConfigError, DataError
 from alignn_core.features import atom_features
 from alignn_core.structures import Structure
@@ -26,6 +27,7 @@ from alignn_torch.graphs.graph import (
 )
 from alignn_torch.graphs.line_graph import stored_cosines, triplet_arrays
 from alignn_torch.graphs.neighbors import NeighborList, radius_neighbors
+from alignn_torch.graphs.padding import capacity_for, pad_graph
 from alignn_torch.graphs.strategies import SUPPORTED_STRATEGIES, RadiusSearch, neighbor_list
 
 ALL_FIELDS = NODE_FIELDS + EDGE_FIELDS + TRIPLET_FIELDS + GRAPH_FIELDS
@@ -173,6 +175,13 @@ class TorchGraphBackend:
         from alignn_torch.graphs.reuse import ReusingGraphBuilder
 
         return ReusingGraphBuilder(settings, skin)
+
+    def pad(self, graph: AtomGraph) -> PaddedGraph:
+        """``graph`` padded to its size bucket with one inert structure, for CUDA graph
+        replay (:mod:`alignn_torch.graphs.padding`)."""
+        capacity = capacity_for(graph)
+        return PaddedGraph(pad_graph(graph, capacity), bucket=(graph.num_graphs, capacity),
+                           graphs=graph.num_graphs + 1, nodes=capacity.atoms)  # fmt: skip
 
     def to_arrays(self, graph: AtomGraph) -> dict[str, np.ndarray]:
         """See :func:`graph_to_arrays`."""

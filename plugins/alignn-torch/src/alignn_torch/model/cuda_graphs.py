@@ -14,7 +14,7 @@ forward and backward pass).
 
 What a replay computes is the module's forward on the padded graph, so results equal eager
 calls up to float rounding (tested: ``tests/test_cuda.py`` on a GPU, and the padding and
-buffer handling on the CPU with :func:`rerun_capture`).
+buffer handling on the CPU with :func:`alignn_core.cuda_graphs.rerun_capture`).
 """
 
 from __future__ import annotations
@@ -22,51 +22,16 @@ from __future__ import annotations
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
 
+from alignn_core.cuda_graphs import Capture, Outputs, copy_tensors, cuda_capture
 from alignn_torch.graphs.graph import AtomGraph
 from alignn_torch.graphs.padding import Capacity, capacity_for, pad_graph
 
 NODE_OUTPUTS = ("grad", "atomwise_pred")
 """Output keys with one row per atom; every other key has one row per structure."""
-
-_WARMUP_CALLS = 2
-"""Eager calls on a side stream before capturing, as PyTorch's capture recipe asks (lazy
-initialisation, cuBLAS workspaces and the allocator's first blocks happen outside the graph)."""
-
-Outputs = dict[str, torch.Tensor]
-Run = Callable[[], Outputs]
-Capture = Callable[[Run, torch.device], tuple[Outputs, Callable[[], None]]]
-
-
-def cuda_capture(run: Run, device: torch.device) -> tuple[Outputs, Callable[[], None]]:
-    """Capture ``run`` as a CUDA graph: its static outputs and the graph's ``replay``."""
-    stream = torch.cuda.Stream(device)
-    stream.wait_stream(torch.cuda.current_stream(device))
-    with torch.cuda.stream(stream):
-        for _ in range(_WARMUP_CALLS):
-            run()
-    torch.cuda.current_stream(device).wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        outputs = run()
-    return outputs, graph.replay
-
-
-def rerun_capture(run: Run, device: torch.device) -> tuple[Outputs, Callable[[], None]]:
-    """A stand-in for :func:`cuda_capture` on any device: "replay" runs ``run`` eagerly and
-    copies its results into the first call's output tensors. It has a CUDA graph's contract
-    (static inputs read, static outputs overwritten), so the padding, bucketing and buffer
-    handling of :class:`CapturedForward` can be tested where no GPU is."""
-    outputs = run()
-
-    def replay() -> None:
-        for key, value in run().items():
-            outputs[key].copy_(value)
-
-    return outputs, replay
 
 
 @dataclass
@@ -119,8 +84,7 @@ class CapturedForward:
                 return self._eager(graph.to(self.device))
         else:
             self._captures.move_to_end(key)
-            for field in fields(AtomGraph):
-                getattr(captured.inputs, field.name).copy_(getattr(padded, field.name))
+            copy_tensors(captured.inputs, padded)
         captured.replay()
         self.replays += 1
         return _real_rows(captured.outputs, graph.num_graphs, graph.num_nodes)
