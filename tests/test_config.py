@@ -70,6 +70,10 @@ def test_defaults_match_upstream():
          "config: cutoff: Input should be greater than 0 (got -1)"),
         ({"train_ratio": 0.9, "val_ratio": 0.2, "model": PURE},
          "config: train_ratio + val_ratio + test_ratio = 1.2 exceeds 1; lower one of them"),
+        ({"cuda_graphs": True, "use_amp": True, "model": PURE},
+         "config: cuda_graphs cannot be combined with use_amp yet; set one of them false"),
+        ({"cuda_graphs": True, "distributed": True, "model": PURE},
+         "config: cuda_graphs cannot be combined with distributed yet; set one of them false"),
         ({"neighbor_strategy": "pure_torch", "model": {**PURE, "three_body_cutoff": 3.0}},
          "config: model.three_body_cutoff (3.0) differs from the graph's three_body_cutoff (3.5); "
          "exported models would use different triplets than training did: make them equal"),

@@ -95,6 +95,8 @@ class TrainingConfigBase(BaseModel):
     additional_output_key: str = "additional_output"
     file_format: Literal["poscar", "cif", "xyz", "pdb", "auto"] = "auto"
     cache_dir: str | None = None  # LMDB graph caches; None: OUTPUT_DIR/cache
+    # Replay training steps as CUDA graphs (GPU; docs/training.md)
+    cuda_graphs: bool = False
 
     @field_validator("version", mode="before")
     @classmethod
@@ -107,6 +109,11 @@ class TrainingConfigBase(BaseModel):
             raise ValueError(
                 f"three_body_cutoff ({self.three_body_cutoff}) must be <= cutoff ({self.cutoff})"
             )
+        for other in ("distributed", "use_amp"):
+            if self.cuda_graphs and getattr(self, other):
+                raise ValueError(
+                    f"cuda_graphs cannot be combined with {other} yet; set one of them false"
+                )
         ratios = [r for r in (self.train_ratio, self.val_ratio, self.test_ratio) if r is not None]
         if sum(ratios) > 1.0 + 1e-9:
             raise ValueError(

@@ -24,6 +24,19 @@ PAIRS = {
 }
 
 
+ATOM_TERMS = ("forces", "atomwise")
+"""Terms with one row per atom; the others have one row per structure."""
+
+
+@dataclass(frozen=True)
+class RowMasks:
+    """1 for real rows and 0 for padding, ``graphs`` [G] and ``atoms`` [N]: a batch padded to a
+    fixed size (CUDA graph replay) averages its losses and MAEs over the real rows only."""
+
+    graphs: torch.Tensor
+    atoms: torch.Tensor
+
+
 @dataclass
 class LossResult:
     total: torch.Tensor
@@ -54,7 +67,9 @@ def compute_losses(
     classification: bool = False,
     atoms_per_graph: torch.Tensor | None = None,
     normalize_graph_level_loss: bool = False,
+    masks: RowMasks | None = None,
 ) -> LossResult:
+    """Weighted loss terms; with ``masks``, means over the real rows only (padded batches)."""
     loss_fn = criterion_fn(criterion)
     total = None
     terms, maes = {}, {}
@@ -64,10 +79,18 @@ def compute_losses(
         if not weight or out_key not in output or target_key not in targets:
             continue
         prediction = output[out_key]
+        mask = None
+        if masks is not None:
+            mask = masks.atoms if term in ATOM_TERMS else masks.graphs
         if term == "graph" and classification:
             labels = targets["target"].reshape(-1).long()
-            loss = F.nll_loss(prediction, labels)
-            mae = (prediction.argmax(-1) != labels).float().mean()  # error rate
+            wrong = (prediction.argmax(-1) != labels).float()
+            if mask is None:
+                loss = F.nll_loss(prediction, labels)
+                mae = wrong.mean()  # error rate
+            else:
+                loss = _masked_mean(F.nll_loss(prediction, labels, reduction="none"), mask)
+                mae = _masked_mean(wrong, mask)
         else:
             target = _aligned(prediction, targets[target_key])
             if term == "graph" and normalize_graph_level_loss and atoms_per_graph is not None:
@@ -75,8 +98,13 @@ def compute_losses(
                     -1, *[1] * (prediction.dim() - 1)
                 )
                 prediction, target = prediction / scale, target / scale
-            loss = loss_fn(prediction, target.to(prediction.dtype))
-            mae = (prediction.detach() - target).abs().mean()
+            if mask is None:
+                loss = loss_fn(prediction, target.to(prediction.dtype))
+                mae = (prediction.detach() - target).abs().mean()
+            else:
+                error = prediction - target.to(prediction.dtype)
+                loss = _masked_mean(error.abs() if criterion == "l1" else error.square(), mask)
+                mae = _masked_mean(error.detach().abs(), mask)
         weighted = weight * loss
         total = weighted if total is None else total + weighted
         terms[term] = weighted.detach()
@@ -84,3 +112,11 @@ def compute_losses(
     if total is None:
         raise RuntimeError("no loss term is active: check the model's *_weight fields")
     return LossResult(total=total, terms=terms, maes=maes)
+
+
+def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``values`` [R, ...] over the rows where ``mask`` [R] is 1, every element of a
+    row counted (as ``F.l1_loss``'s mean over all elements of the unpadded rows)."""
+    weights = mask.to(values.dtype).reshape(-1, *[1] * (values.dim() - 1))
+    per_row = values[0].numel() if values.shape[0] else 1
+    return (values * weights).sum() / (weights.sum() * per_row)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from torch.utils.data import DataLoader
 
-from alignn_core.data.samples import make_collate
+from alignn_core.data.samples import Batch, make_collate
 from alignn_core.data.splits import overlap_count, split_indices
 from alignn_core.errors import ConfigError, DataError, ModelError, PluginError, UserError
 from alignn_core.inference.loading import as_state_dict, load_weights, read_state_dict
@@ -29,8 +30,9 @@ from alignn_core.io.id_prop import DataKeys, read_dataset
 from alignn_core.plugins import FIRST_PARTY_BACKENDS, get_registry
 from alignn_core.training import distributed, outputs
 from alignn_core.training.atomic import load_torch, remove_temp_files, save_json, save_torch
+from alignn_core.training.captured_step import CapturedTrainingStep
 from alignn_core.training.evaluation import EpochStats, autocast_context, evaluate
-from alignn_core.training.losses import compute_losses
+from alignn_core.training.losses import LossResult, RowMasks, compute_losses
 from alignn_core.training.optim import make_optimizer, make_scheduler
 from alignn_core.training.report import write_report
 
@@ -151,6 +153,20 @@ class Trainer:
             self.device = rank_device
         if not self.dist.is_main:  # one console for the job: other ranks print only errors
             self.console = Console(quiet=True)
+        if config.cuda_graphs:
+            self._check_cuda_graphs(backend_name)
+
+    def _check_cuda_graphs(self, backend_name: str) -> None:
+        """``cuda_graphs`` needs a GPU and a graph backend that pads (the config's own
+        cross-checks already refused distributed and use_amp)."""
+        if self.device.type != "cuda":
+            raise ConfigError(f"cuda_graphs: true needs a CUDA device, but this run is on "
+                              f"{self.device}; set cuda_graphs to false or train on a GPU "
+                              "(--device cuda)")  # fmt: skip
+        if not callable(getattr(self.backend, "pad", None)):
+            raise ConfigError(f"cuda_graphs: true needs a graph backend that pads graphs to "
+                              f"fixed sizes; backend {backend_name!r} does not, set "
+                              "cuda_graphs to false")  # fmt: skip
 
     # -- set-up -------------------------------------------------------------------------
     def _check_output_dir(self) -> None:
@@ -292,6 +308,7 @@ class Trainer:
         val_loader = self._loader(datasets["val"])
         optimizer = make_optimizer(model, config)
         scheduler = make_scheduler(optimizer, config, len(train_loader))
+        step = self._step_function(train_model, optimizer)
         history, best_loss, best_epoch, first_epoch = [], float("inf"), 0, 0
         if config.resume_checkpoint:
             first_epoch, best_loss, best_epoch, history = self._resume(model, optimizer, scheduler,
@@ -302,7 +319,8 @@ class Trainer:
         for epoch in range(first_epoch, config.epochs):
             t0 = time.perf_counter()
             sampler.set_epoch(epoch)
-            train_stats = self._train_epoch(train_model, train_loader, optimizer, scheduler, epoch)
+            train_stats = self._train_epoch(train_model, train_loader, step, optimizer, scheduler,
+                                            epoch)  # fmt: skip
             val_stats, _ = evaluate(model, val_loader, self.device, self.weights,
                                     config.criterion, self.classification,
                                     config.normalize_graph_level_loss)  # fmt: skip
@@ -324,6 +342,9 @@ class Trainer:
                 self.console.print(f"early stopping: no val improvement for {stale} epochs")
                 break
         epochs_run = len(history)
+        if isinstance(step, CapturedTrainingStep):
+            self.console.print(f"cuda_graphs: {step.replays} replayed steps, {step.captures_made} "
+                               "captures (one per batch size bucket met)")  # fmt: skip
         if config.write_checkpoint and self.dist.is_main:
             save_torch(model.state_dict(), self.output_dir / "last_model.pt")
         if best_state is None:  # resumed run: rank 0 reads the best weights for every rank
@@ -355,6 +376,9 @@ class Trainer:
         if "warmup_steps" in config.model_fields_set and config.warmup_steps != 2000:
             notes.append("warmup_steps is ignored, as upstream: OneCycle warms up over the "
                          "first 30% of steps")  # fmt: skip
+        if config.cuda_graphs:
+            notes.append("cuda_graphs is experimental: compare a run with an eager one before "
+                         "relying on it (docs/training.md)")  # fmt: skip
         if config.distributed and not self.dist.enabled:
             notes.append("distributed is true but this is one process: launch with "
                          "alignn run --nproc N or torchrun to train data-parallel")  # fmt: skip
@@ -364,7 +388,32 @@ class Trainer:
         for note in notes:
             self.console.print(f"note: {escape(note)}", soft_wrap=True, highlight=False)
 
-    def _train_epoch(self, model, loader, optimizer, scheduler, epoch: int) -> EpochStats:
+    def _step_function(self, model, optimizer) -> Callable[[Batch], LossResult]:
+        """What one training step runs before the optimiser steps: loss and gradients of a batch,
+        eagerly or (``cuda_graphs``) by CUDA graph replay."""
+
+        def eager(batch: Batch) -> LossResult:
+            batch = batch.to(self.device)
+            with autocast_context(self.device, self.config.use_amp):
+                output = model(batch.graph)
+            output = {k: v.float() if v.dtype == torch.bfloat16 else v for k, v in output.items()}
+            result = self._losses(output, batch.targets, batch.graph.atoms_per_graph(), None)
+            optimizer.zero_grad(set_to_none=True)
+            result.total.backward()
+            return result
+
+        if not self.config.cuda_graphs:
+            return eager
+        return CapturedTrainingStep(model, optimizer, self.backend.pad, self._losses, eager,
+                                    self.device)  # fmt: skip
+
+    def _losses(self, output, targets, atoms_per_graph, masks: RowMasks | None) -> LossResult:
+        config = self.config
+        return compute_losses(output, targets, self.weights, config.criterion,
+                              self.classification, atoms_per_graph,
+                              config.normalize_graph_level_loss, masks)  # fmt: skip
+
+    def _train_epoch(self, model, loader, step, optimizer, scheduler, epoch: int) -> EpochStats:
         config = self.config
         model.train()
         stats = EpochStats()
@@ -372,18 +421,7 @@ class Trainer:
             task = progress.add_task(f"epoch {epoch + 1}/{config.epochs}", total=len(loader),
                                      info="")  # fmt: skip
             for batch in loader:
-                batch = batch.to(self.device)
-                with autocast_context(self.device, config.use_amp):
-                    output = model(batch.graph)
-                output = {
-                    k: v.float() if v.dtype == torch.bfloat16 else v for k, v in output.items()
-                }
-                result = compute_losses(
-                    output, batch.targets, self.weights, config.criterion, self.classification,
-                    batch.graph.atoms_per_graph(), config.normalize_graph_level_loss,
-                )  # fmt: skip
-                optimizer.zero_grad(set_to_none=True)
-                result.total.backward()
+                result = step(batch)
                 optimizer.step()
                 if config.scheduler == "onecycle":
                     scheduler.step()
