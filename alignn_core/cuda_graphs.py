@@ -50,7 +50,8 @@ def cuda_capture(run: Run, device: torch.device) -> tuple[Outputs, Callable[[], 
             run()
     torch.cuda.current_stream(device).wait_stream(stream)
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
+    # thread_local: a DataLoader's pin-memory thread may allocate pinned memory meanwhile
+    with torch.cuda.graph(graph, capture_error_mode="thread_local"):
         outputs = run()
     return outputs, graph.replay
 

@@ -175,14 +175,18 @@ class InferenceModel:
         if new_device == self.device and new_dtype == self.dtype:
             return self
         module = copy.deepcopy(self.module).to(new_device, DTYPES[new_dtype])
-        moved = InferenceModel(module, self.config, plugin=self.plugin, backend=self.backend,
-                               device=new_device, dtype=new_dtype, source=self.source,
-                               checkpoint=self.checkpoint, origin=self.origin,
-                               notes=self.notes)  # fmt: skip
+        moved = self._around(module, new_device, new_dtype)
         if self._captured is None:
             return moved
         # the copy replays graphs of its own weights; a CPU copy is refused like any CPU model
         return moved.with_cuda_graphs(self._max_captures)
+
+    def _around(self, module: torch.nn.Module, device: torch.device, dtype: str) -> InferenceModel:
+        """A model like this one (config, plugin, source, notes) around ``module``."""
+        return InferenceModel(module, self.config, plugin=self.plugin, backend=self.backend,
+                              device=device, dtype=dtype, source=self.source,
+                              checkpoint=self.checkpoint, origin=self.origin,
+                              notes=self.notes)  # fmt: skip
 
     @property
     def uses_cuda_graphs(self) -> bool:
@@ -219,10 +223,7 @@ class InferenceModel:
                              "(its plugin has no captured_forward)")  # fmt: skip
         if max_captures < 1:
             raise ModelError(f"max_captures must be >= 1, got {max_captures}")
-        copy_ = InferenceModel(self.module, self.config, plugin=self.plugin,
-                               backend=self.backend, device=self.device, dtype=self.dtype,
-                               source=self.source, checkpoint=self.checkpoint,
-                               origin=self.origin, notes=self.notes)  # fmt: skip
+        copy_ = self._around(self.module, self.device, self.dtype)
         copy_._captured = factory(self.module, max_captures=max_captures)
         copy_._max_captures = max_captures
         return copy_
