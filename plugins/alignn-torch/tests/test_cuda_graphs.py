@@ -9,6 +9,8 @@ failed capture falls back to eager calls. ``tests/test_cuda.py`` replays real CU
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -144,6 +146,28 @@ def test_buckets_are_kept_least_recently_used():
         assert_same(runner(g), eager(model, g))
     # captured: small, medium, large (medium, the least recently used, goes), medium (large goes)
     assert runner.captures_made == 4 and runner.replays == 6
+
+
+def test_captures_on_most_calls_warn_once():
+    model = pure_model()
+    runner = CapturedForward(model, max_captures=1, capture=rerun_capture)
+    graphs = [graph(cell(9, 4)), graph(cell(10, 27))]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for i in range(40):  # alternating buckets with room for one: every call captures
+            runner(graphs[i % 2])
+    messages = [str(w.message) for w in caught]
+    assert messages == [
+        "CUDA graphs: 16 captures in 16 calls; the graph sizes change too often for replay to "
+        "pay (each capture costs about three eager calls), turn cuda_graphs off for this work "
+        "or raise max_captures"
+    ]
+    steady = CapturedForward(model, max_captures=2, capture=rerun_capture)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for i in range(40):
+            steady(graphs[i % 2])
+    assert steady.captures_made == 2
 
 
 def test_a_failed_capture_warns_and_runs_eagerly():

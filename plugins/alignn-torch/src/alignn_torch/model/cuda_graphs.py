@@ -33,6 +33,10 @@ from alignn_torch.graphs.padding import Capacity, capacity_for, pad_graph
 NODE_OUTPUTS = ("grad", "atomwise_pred")
 """Output keys with one row per atom; every other key has one row per structure."""
 
+CHURN_CALLS = 16
+"""After this many calls, a runner that captured on more than half of them warns (once): the
+sizes change too much for replay to pay (e.g. ``predict`` over many different structures)."""
+
 
 @dataclass
 class _Captured:
@@ -63,6 +67,7 @@ class CapturedForward:
         self._capture = capture
         self._captures: OrderedDict[tuple[int, Capacity], _Captured] = OrderedDict()
         self._failed = False
+        self._warned_churn = False
         self.captures_made = 0
         """How many captures were made (a bucket evicted and met again is captured again)."""
         self.replays = 0
@@ -113,9 +118,23 @@ class CapturedForward:
             self._captures.clear()
             return None
         self.captures_made += 1
+        self._check_churn()
         captured = _Captured(inputs, outputs, replay)
         self._captures[key] = captured
         return captured
+
+    def _check_churn(self) -> None:
+        calls = self.replays + 1  # this capture's call replays next
+        if self._warned_churn or calls < CHURN_CALLS or 2 * self.captures_made <= calls:
+            return
+        self._warned_churn = True
+        warnings.warn(
+            f"CUDA graphs: {self.captures_made} captures in {calls} calls; the graph sizes "
+            "change too often for replay to pay (each capture costs about three eager calls), "
+            "turn cuda_graphs off for this work or raise max_captures",
+            RuntimeWarning,
+            stacklevel=4,
+        )
 
 
 def _real_rows(outputs: Outputs, num_graphs: int, num_nodes: int) -> Outputs:
