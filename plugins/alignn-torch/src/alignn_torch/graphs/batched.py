@@ -59,8 +59,17 @@ from alignn_torch.graphs.strategies import pure_torch_triplet_limit
 #: overhead (~0.35 ms a structure) is spent again (measured: cost <= 1,568 5-6x faster batched,
 #: 1,728-3,136 1.5x, 3,200-18,432 1.1x, Si 64 at 4,096 0.8x, mlearn Cu at 11,449 0.3x)
 _BATCHED_CANDIDATES = 8_000
-#: candidates screened at once: small enough that the chunk's arrays stay in cache
-_CHUNK_CANDIDATES = 32_768
+#: ... except cells of at most this many atoms, up to :data:`_FEW_ATOMS_CANDIDATES`: the batched
+#: cost also grows with the atom pairs (n², each expanded to its images), the bound above
+#: over-counts the images of oblique or mid-sized cells, and these cells gain from batching
+#: (measured: the four 35-64-atom POSCARs of examples/props, bounds 8,192-18,432, 1.24x faster
+#: batched; ten 107-atom mlearn Cu cells at 11,449 stay 0.52x, so they stay one by one)
+_FEW_ATOMS = 64
+_FEW_ATOMS_CANDIDATES = 20_000
+#: candidates screened at once (a chunk's arrays, tens of MB at most). Larger chunks share more
+#: per-call overhead: one chunk for the 50 POSCARs instead of three is 1.17x faster, 400 small
+#: cells 1.17x; mlearn Cu cells do not change (measured 32,768 to 1,048,576)
+_CHUNK_CANDIDATES = 262_144
 
 _FLOATS = {"float32": torch.float32, "float64": torch.float64}
 
@@ -93,9 +102,7 @@ def build_graphs(structures: Sequence[Structure], settings: GraphSettings) -> li
 
 def _covered(structures: list[Structure], settings: GraphSettings) -> list[np.ndarray]:
     """Indices of the structures :func:`build_graphs` builds in batch (see there), in groups of
-    about ``_CHUNK_CANDIDATES`` candidates: every array of a group's build then stays in cache
-    (the stored cosines of 20 mlearn cells at once, 5 MB of gathered rows, took 1.3x the time of
-    20 separate calls)."""
+    about ``_CHUNK_CANDIDATES`` candidates, which bounds the memory of a group's arrays."""
     if not _settings_covered(settings):
         return []
     n_atoms = np.array([s.n_atoms for s in structures])
@@ -107,7 +114,8 @@ def _covered(structures: list[Structure], settings: GraphSettings) -> list[np.nd
     radius = _first_radius(n_atoms[index], cells, settings)
     dual_lengths = np.linalg.norm(np.linalg.inv(cells), axis=1)
     bound = _candidate_bound(n_atoms[index], dual_lengths, radius)
-    small = bound <= _BATCHED_CANDIDATES
+    few_atoms = (n_atoms[index] <= _FEW_ATOMS) & (bound <= _FEW_ATOMS_CANDIDATES)
+    small = (bound <= _BATCHED_CANDIDATES) | few_atoms
     index, bound = index[small], bound[small]
     if len(index) < 2:
         return []
