@@ -14,14 +14,19 @@ graph), which the optimiser reads.
 
 from __future__ import annotations
 
-import warnings
-from collections import OrderedDict
-from collections.abc import Callable, Hashable
-from dataclasses import dataclass
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
-from alignn_core.cuda_graphs import Capture, Outputs, PaddedGraph, copy_tensors, cuda_capture
+from alignn_core.cuda_graphs import (
+    Capture,
+    CaptureCache,
+    CountsReplays,
+    Outputs,
+    PaddedGraph,
+    cuda_capture,
+)
 from alignn_core.data.samples import ATOM_TARGETS, Batch
 from alignn_core.training.losses import LossResult, RowMasks
 
@@ -47,18 +52,7 @@ def padded_targets(
     return grown, RowMasks(graphs=graphs, atoms=atoms)
 
 
-@dataclass
-class _Bucket:
-    """One capture: the tensors it reads (graph, targets, masks), its outputs, its replay."""
-
-    graph: object
-    targets: dict[str, torch.Tensor]
-    masks: RowMasks
-    outputs: Outputs
-    replay: Callable[[], None]
-
-
-class CapturedTrainingStep:
+class CapturedTrainingStep(CountsReplays):
     """Forward, loss and backward of a training step, by replay of a CUDA graph per bucket.
 
     ``step(batch)`` (a batch on the host) returns the step's :class:`LossResult` (detached) with
@@ -84,42 +78,26 @@ class CapturedTrainingStep:
         self._pad = pad
         self._losses = losses
         self._eager = eager
-        self.device = device
-        self.max_captures = max_captures
-        self._capture = capture
-        self._buckets: OrderedDict[Hashable, _Bucket] = OrderedDict()
-        self._failed = False
-        self.captures_made = 0
-        self.replays = 0
+        self._cache = CaptureCache(device, max_captures=max_captures, capture=capture,
+                                   fallback="training eagerly")  # fmt: skip
 
     def __call__(self, batch: Batch) -> LossResult:
-        if self._failed:
+        outputs = None
+        if not self._cache.failed:
+            padded = self._pad(batch.graph)
+            num_atoms = int(batch.graph.atoms_per_graph().sum())
+            targets, masks = padded_targets(batch.targets, padded, batch.graph.num_graphs,
+                                            num_atoms)  # fmt: skip
+            key = (padded.bucket, tuple((k, tuple(v.shape)) for k, v in sorted(targets.items())))
+            inputs = {"graph": padded.graph, "targets": targets, "masks": masks}
+            outputs = self._cache.replay(key, inputs, self._step)
+        if outputs is None:
             return self._eager(batch)
-        padded = self._pad(batch.graph)
-        num_atoms = int(batch.graph.atoms_per_graph().sum())
-        targets, masks = padded_targets(batch.targets, padded, batch.graph.num_graphs, num_atoms)
-        key = (padded.bucket, tuple((k, tuple(v.shape)) for k, v in sorted(targets.items())))
-        bucket = self._buckets.get(key)
-        if bucket is None:
-            bucket = self._new_bucket(key, padded, targets, masks)
-            if bucket is None:
-                return self._eager(batch)
-        else:
-            self._buckets.move_to_end(key)
-            copy_tensors(bucket.graph, padded.graph)
-            for name, value in targets.items():
-                bucket.targets[name].copy_(value)
-            copy_tensors(bucket.masks, masks)
-        bucket.replay()
-        self.replays += 1
-        return _result(bucket.outputs)
+        return _result(outputs)
 
-    def _new_bucket(self, key: Hashable, padded: PaddedGraph, targets, masks) -> _Bucket | None:
-        while len(self._buckets) >= self.max_captures:
-            self._buckets.popitem(last=False)
-        graph = padded.graph.to(self.device)
-        targets = {name: value.to(self.device) for name, value in targets.items()}
-        masks = RowMasks(graphs=masks.graphs.to(self.device), atoms=masks.atoms.to(self.device))
+    def _step(self, static: dict[str, Any]) -> Callable[[], Outputs]:
+        """What a bucket captures: zeroed gradients, forward, masked losses, backward."""
+        graph, targets, masks = static["graph"], static["targets"], static["masks"]
 
         def run() -> Outputs:
             self.optimizer.zero_grad(set_to_none=False)
@@ -129,18 +107,7 @@ class CapturedTrainingStep:
                     **{f"term:{k}": v for k, v in result.terms.items()},
                     **{f"mae:{k}": v for k, v in result.maes.items()}}  # fmt: skip
 
-        try:
-            outputs, replay = self._capture(run, self.device)
-        except RuntimeError as exc:
-            warnings.warn(f"CUDA graph capture failed, training eagerly from now on ({exc})",
-                          RuntimeWarning, stacklevel=3)  # fmt: skip
-            self._failed = True
-            self._buckets.clear()
-            return None
-        self.captures_made += 1
-        bucket = _Bucket(graph, targets, masks, outputs, replay)
-        self._buckets[key] = bucket
-        return bucket
+        return run
 
 
 def _result(outputs: Outputs) -> LossResult:

@@ -27,7 +27,7 @@ from alignn_torch.graphs.graph import (
 )
 from alignn_torch.graphs.line_graph import stored_cosines, triplet_arrays
 from alignn_torch.graphs.neighbors import NeighborList, radius_neighbors
-from alignn_torch.graphs.padding import capacity_for, pad_graph
+from alignn_torch.graphs.padding import pad_to_bucket
 from alignn_torch.graphs.strategies import SUPPORTED_STRATEGIES, RadiusSearch, neighbor_list
 
 ALL_FIELDS = NODE_FIELDS + EDGE_FIELDS + TRIPLET_FIELDS + GRAPH_FIELDS
@@ -178,10 +178,8 @@ class TorchGraphBackend:
 
     def pad(self, graph: AtomGraph) -> PaddedGraph:
         """``graph`` padded to its size bucket with one inert structure, for CUDA graph
-        replay (:mod:`alignn_torch.graphs.padding`)."""
-        capacity = capacity_for(graph)
-        return PaddedGraph(pad_graph(graph, capacity), bucket=(graph.num_graphs, capacity),
-                           graphs=graph.num_graphs + 1, nodes=capacity.atoms)  # fmt: skip
+        replay (:func:`alignn_torch.graphs.padding.pad_to_bucket`)."""
+        return pad_to_bucket(graph)
 
     def to_arrays(self, graph: AtomGraph) -> dict[str, np.ndarray]:
         """See :func:`graph_to_arrays`."""

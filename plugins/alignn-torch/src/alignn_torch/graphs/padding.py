@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
+from alignn_core.cuda_graphs import PaddedGraph
 from alignn_torch.graphs.graph import AtomGraph
 
 _DUMMY_BOND = 1.0
@@ -106,3 +107,11 @@ def pad_graph(graph: AtomGraph, capacity: Capacity) -> AtomGraph:
         n_edges=torch.cat([graph.n_edges, constant(pad_e, 1).to(graph.n_edges.dtype)]),
         n_triplets=torch.cat([graph.n_triplets, constant(pad_t, 1).to(graph.n_triplets.dtype)]),
     )
+
+
+def pad_to_bucket(graph: AtomGraph) -> PaddedGraph:
+    """``graph`` padded to its bucket (:func:`capacity_for`), with the bucket key: graphs with
+    equal keys have tensors of equal shapes."""
+    capacity = capacity_for(graph)
+    return PaddedGraph(pad_graph(graph, capacity), bucket=(graph.num_graphs, capacity),
+                       graphs=graph.num_graphs + 1, nodes=capacity.atoms)  # fmt: skip
