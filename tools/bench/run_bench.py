@@ -165,9 +165,11 @@ def plan(quick: bool, inputs: Path, device: str = "cpu") -> list[dict[str, Any]]
         row("infer", f"32 x Si 8, batched {mode}",
             {"task": "infer", "structures": si8x32, "batch": 32, "mode": mode},
             impls=("ours",), warmup=2)  # fmt: skip
+    # three repetitions even when quick: the median of two is their mean, and one slow fresh
+    # process (a 90 ms read pass against 20 ms) once turned a 3-5x row into 0.96x
     row("cache", f"mlearn Cu, {40 if quick else 324} records",
         {"task": "cache", "records": 40 if quick else 324}, fresh=True, warmup=0,
-        repeats=2 if quick else 3)  # fmt: skip
+        repeats=3)  # fmt: skip
     if device != "cpu":
         rows = [r for r in rows if r["group"] in ("train", "infer")]
     return rows
