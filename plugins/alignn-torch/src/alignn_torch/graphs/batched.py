@@ -131,7 +131,11 @@ def _covered(structures: list[Structure], settings: GraphSettings) -> list[np.nd
 
 def _candidate_bound(n_atoms: np.ndarray, dual_lengths: np.ndarray, radius: np.ndarray):
     """Per structure an upper bound on its candidates (atom pairs x images) within ``radius``:
-    a pair's box of images spans at most ``2·reach + 1`` per axis (:func:`_pair_images`)."""
+    a pair's box of images spans at most ``2·reach + 1`` per axis (:func:`_pair_images`).
+
+    It counts ordered pairs (n²), about twice the pairs the one-direction search screens
+    (:func:`_with_mirrors`). It stays so: the limits above and the chunk size were measured
+    against this bound, so a chunk now screens about half of ``_CHUNK_CANDIDATES``."""
     spans = np.floor(2 * _reach(dual_lengths, radius)) + 1
     return n_atoms * n_atoms * np.prod(spans, axis=1)
 
