@@ -55,9 +55,10 @@ def demo(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def lint(session: nox.Session) -> None:
-    """ruff."""
-    session.install("ruff>=0.6")
+    """ruff: lint rules and formatting (pinned: a new ruff release may restyle code)."""
+    session.install("ruff==0.17.6")
     session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
 
 
 @nox.session(python=PYTHON)

@@ -280,8 +280,9 @@ def test_energy_includes_the_penalty_so_forces_stay_its_gradient(model64):
     (prediction,) = model64.predict(atoms)
     penalty = model64.config.model.penalty_factor * (1.0 - np.linalg.norm(atoms.get_distance(0, 1)))
     # each of the two directed edges 0->1, 1->0 carries the penalty
-    assert prediction.energy - prediction.out[0] * len(atoms) == pytest.approx(2 * penalty,
-                                                                               rel=1e-9)
+    assert prediction.energy - prediction.out[0] * len(atoms) == pytest.approx(
+        2 * penalty, rel=1e-9
+    )
     forces = atoms.get_forces()
     np.testing.assert_allclose(forces, calculate_numerical_forces(atoms, eps=1e-6),
                                atol=1e-6 * np.abs(forces).max())  # fmt: skip

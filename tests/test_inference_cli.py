@@ -122,8 +122,21 @@ def test_relax_mistakes(run_cli, model_dir, files):
 @pytest.mark.parametrize("ensemble", ["nve", "nvt"])
 def test_md_writes_a_trajectory_ase_reads(run_cli, model_dir, files, monkeypatch, ensemble):
     monkeypatch.chdir(files)
-    code, out, err = run_cli("md", model_dir, "POSCAR-cu3au", "--ensemble", ensemble, "--steps",
-                             "6", "--timestep", "1", "--temperature", "300", "--interval", "2")
+    code, out, err = run_cli(
+        "md",
+        model_dir,
+        "POSCAR-cu3au",
+        "--ensemble",
+        ensemble,
+        "--steps",
+        "6",
+        "--timestep",
+        "1",
+        "--temperature",
+        "300",
+        "--interval",
+        "2",
+    )
     assert code == 0, err
     traj = read(files / "cu3au-md.traj", index=":")
     assert len(traj) == 4  # steps 0, 2, 4, 6

@@ -409,7 +409,7 @@ def test_cache_of_another_version_through_the_cli(run_cli, tmp_path):
     line = _error_line(run_cli, "run", reuse, "--root-dir", EXAMPLES / "props", "--output-dir",
                        tmp_path / "b")  # fmt: skip
     assert line == (
-        f'error: {cache / "train"} was built from different inputs (format_version: cache 0, '
+        f"error: {cache / 'train'} was built from different inputs (format_version: cache 0, "
         f'run 1; backend_version: cache "0.0-old", run "{version}"); set read_existing to false '
         "to rebuild it"
     )

@@ -61,12 +61,15 @@ def md(
     ensemble: Ensemble = typer.Option(Ensemble.nve, "--ensemble", case_sensitive=False),
     steps: int = typer.Option(1000, "--steps", min=0, help="Number of MD steps."),
     timestep: float = typer.Option(1.0, "--timestep", min=1e-6, help="Time step (fs)."),
-    temperature: float = typer.Option(300.0, "--temperature", min=0.0,
-                                      help="Initial (nve) / thermostat (nvt) temperature (K)."),
-    friction: float = typer.Option(0.01, "--friction", min=0.0,
-                                   help="Langevin friction for nvt (1/fs)."),
-    output: Path | None = typer.Option(None, "-o", "--output",
-                                       help="Trajectory [default: STEM-md.traj]."),
+    temperature: float = typer.Option(
+        300.0, "--temperature", min=0.0, help="Initial (nve) / thermostat (nvt) temperature (K)."
+    ),
+    friction: float = typer.Option(
+        0.01, "--friction", min=0.0, help="Langevin friction for nvt (1/fs)."
+    ),
+    output: Path | None = typer.Option(
+        None, "-o", "--output", help="Trajectory [default: STEM-md.traj]."
+    ),
     log: Path | None = typer.Option(None, "--log", help="Energy/temperature log [STEM-md.log]."),
     interval: int = typer.Option(1, "--interval", min=1, help="Write every N steps."),
     seed: int = typer.Option(0, "--seed", help="Seed for initial velocities and the thermostat."),

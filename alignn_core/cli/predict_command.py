@@ -27,10 +27,12 @@ VOIGT = (("xx", 0, 0), ("yy", 1, 1), ("zz", 2, 2), ("yz", 1, 2), ("xz", 0, 2), (
 
 
 def predict(
-    model: Path = typer.Argument(..., metavar="MODEL",
-                                 help="Run directory (config.json + best_model.pt) or checkpoint."),
-    paths: list[Path] = typer.Argument(..., metavar="PATHS...",
-                                       help="Structure files (every frame) or folders of them."),
+    model: Path = typer.Argument(
+        ..., metavar="MODEL", help="Run directory (config.json + best_model.pt) or checkpoint."
+    ),
+    paths: list[Path] = typer.Argument(
+        ..., metavar="PATHS...", help="Structure files (every frame) or folders of them."
+    ),
     output: Path = typer.Option(Path("predictions.csv"), "-o", "--output", help="CSV to write."),
     forces: Path | None = typer.Option(
         None, "--forces", help="Also write per-atom forces (and energy/stress) to .extxyz or .json."

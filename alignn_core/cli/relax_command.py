@@ -49,15 +49,18 @@ def cell_filter(atoms: Any) -> Any:
 def relax(
     model: Path = typer.Argument(..., metavar="MODEL", help="Run directory or checkpoint."),
     structure: Path = typer.Argument(..., metavar="STRUCTURE", help="Start structure file."),
-    fmax: float = typer.Option(0.05, "--fmax", min=0.0, help="Converged when max force < fmax "
-                               "(eV/Å)."),
+    fmax: float = typer.Option(
+        0.05, "--fmax", min=0.0, help="Converged when max force < fmax (eV/Å)."
+    ),
     steps: int = typer.Option(500, "--steps", min=0, help="Maximum optimiser steps."),
     optimizer: Optimizer = typer.Option(Optimizer.FIRE, "--optimizer", case_sensitive=False),
     cell: bool = typer.Option(False, "--cell", help="Relax the cell too (periodic structures)."),
-    output: Path | None = typer.Option(None, "-o", "--output",
-                                       help="Relaxed structure [default: STEM-relaxed.extxyz]."),
-    trajectory: Path | None = typer.Option(None, "--trajectory",
-                                           help="Trajectory [default: STEM-relax.traj]."),
+    output: Path | None = typer.Option(
+        None, "-o", "--output", help="Relaxed structure [default: STEM-relaxed.extxyz]."
+    ),
+    trajectory: Path | None = typer.Option(
+        None, "--trajectory", help="Trajectory [default: STEM-relax.traj]."
+    ),
     device: str | None = typer.Option(None, "--device", help=DEVICE_HELP),
     dtype: str | None = typer.Option(None, "--dtype", help=DTYPE_HELP),
     skin: float = typer.Option(0.5, "--skin", min=0.0, help="Neighbour-list skin (Å)."),

@@ -135,9 +135,9 @@ class InferenceModel:
         self.checkpoint = checkpoint
         self.origin = origin
         self.notes = list(notes)
-        self._accepts_compute_stress = "compute_stress" in inspect.signature(
-            module.forward
-        ).parameters
+        self._accepts_compute_stress = (
+            "compute_stress" in inspect.signature(module.forward).parameters
+        )
         self._captured: Callable[[Any], dict[str, torch.Tensor]] | None = None
         self._max_captures = 0
 

@@ -126,7 +126,10 @@ def nve(calc, a: float, steps: int, seed: int = 0) -> dict:
         "rms_step_change_without_switch_meV_per_atom": float(
             np.sqrt(np.mean(smooth**2)) * 1000 / n if smooth.size else 0.0
         ),
-        "n_atoms": n, "steps": steps, "timestep_fs": 1.0, "a": a,
+        "n_atoms": n,
+        "steps": steps,
+        "timestep_fs": 1.0,
+        "a": a,
         "potential_scale": scale,
         "drift_meV_per_atom_ps": energy_drift(t, total, n),
         "drift_of_ekin_plus_E_meV_per_atom_ps": energy_drift(t, naive, n),

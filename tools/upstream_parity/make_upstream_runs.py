@@ -41,13 +41,22 @@ STRUCTURES = [
     "POSCAR-JVASP-22556.vasp",  # cubic perovskite-like
     "POSCAR-JVASP-21210.vasp",  # one atom: sees only its own images
 ]
-BASE = {"name": "alignn_atomwise_pure", "atom_input_features": 92, "hidden_features": 32,
-        "embedding_features": 32, "calculate_gradient": True}
+BASE = {
+    "name": "alignn_atomwise_pure",
+    "atom_input_features": 92,
+    "hidden_features": 32,
+    "embedding_features": 32,
+    "calculate_gradient": True,
+}
 CASES = {
     "pure_default": ({}, {"cutoff": 8.0, "max_neighbors": 12}),
     "pure_stress_zbl_envelope": (
-        {"stresswise_weight": 1.0, "use_zbl": True, "use_cutoff_function": True,
-         "multiply_cutoff": True},
+        {
+            "stresswise_weight": 1.0,
+            "use_zbl": True,
+            "use_cutoff_function": True,
+            "multiply_cutoff": True,
+        },
         {"cutoff": 6.0, "max_neighbors": 16},
     ),
     "pure_uncapped_t_alignn": (
@@ -72,16 +81,29 @@ def main(out: Path) -> int:
         atoms.set_cell(atoms.cell @ (np.eye(3) + (strain + strain.T) / 2), scale_atoms=True)
         atoms.positions = atoms.positions + rng.normal(scale=0.02, size=atoms.positions.shape)
         structures[name] = atoms
-    (out / "structures.json").write_text(json.dumps({
-        name: {"numbers": a.numbers.tolist(), "positions": a.positions.tolist(),
-               "cell": np.asarray(a.cell).tolist(), "pbc": a.pbc.tolist()}
-        for name, a in structures.items()
-    }, indent=1))
+    (out / "structures.json").write_text(
+        json.dumps(
+            {
+                name: {
+                    "numbers": a.numbers.tolist(),
+                    "positions": a.positions.tolist(),
+                    "cell": np.asarray(a.cell).tolist(),
+                    "pbc": a.pbc.tolist(),
+                }
+                for name, a in structures.items()
+            },
+            indent=1,
+        )
+    )
     results = {"upstream": f"alignn {version('alignn')}, torch {torch.__version__}", "cases": {}}
     for case, (model_changes, graph) in CASES.items():
         config = TrainingConfig(
-            dataset="user_data", neighbor_strategy="pure_torch", atom_features="cgcnn",
-            dtype="float32", three_body_cutoff=3.5, **graph,
+            dataset="user_data",
+            neighbor_strategy="pure_torch",
+            atom_features="cgcnn",
+            dtype="float32",
+            three_body_cutoff=3.5,
+            **graph,
             model={**BASE, **model_changes},
         )
         torch.set_default_dtype(torch.float32)  # upstream's trainer: the config's dtype

@@ -206,12 +206,16 @@ def summarise(label: str, rows: list[dict[str, Any]]) -> None:
     print(f"{label}: {len(rows)} structures; edge multisets identical for {len(same)}; "
           f"of those, ours has exactly the self-image pairs (e, e) more triplets in "
           f"{explained} ({len(paired)} structures, {extra} triplets)")  # fmt: skip
-    print("  same inputs (max |Δ| / max |value|): " + ", ".join(
-        f"{key} {rel(rows, 'same_input', key)}" for key in ("out", "forces", "stress")))
+    print(
+        "  same inputs (max |Δ| / max |value|): "
+        + ", ".join(f"{key} {rel(rows, 'same_input', key)}" for key in ("out", "forces", "stress"))
+    )
     for name, items in (("identical graphs", plain), ("+ (e, e) triplets", paired),
                         ("different edges", differ)):  # fmt: skip
-        print(f"  own graphs, {name} ({len(items)}): out {rel(items, 'own_graphs', 'out')}, "
-              f"forces {rel(items, 'own_graphs', 'forces')}")
+        print(
+            f"  own graphs, {name} ({len(items)}): out {rel(items, 'own_graphs', 'out')}, "
+            f"forces {rel(items, 'own_graphs', 'forces')}"
+        )
 
 
 if __name__ == "__main__":

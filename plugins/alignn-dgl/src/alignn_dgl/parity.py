@@ -92,9 +92,7 @@ class ParityReport:
 
 
 # ----------------------------------------------------------------------------- configs
-def paired_configs(
-    path: Path, *, small: bool, epochs: int | None = None
-) -> tuple[Any, Any]:
+def paired_configs(path: Path, *, small: bool, epochs: int | None = None) -> tuple[Any, Any]:
     """The config at ``path`` as a pure and a DGL config that mean the same model.
 
     Both get every resolved field of the source model (so a default that differs between the
