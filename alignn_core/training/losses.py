@@ -102,9 +102,9 @@ def compute_losses(
                 loss = loss_fn(prediction, target.to(prediction.dtype))
                 mae = (prediction.detach() - target).abs().mean()
             else:
-                error = prediction - target.to(prediction.dtype)
-                loss = _masked_mean(error.abs() if criterion == "l1" else error.square(), mask)
-                mae = _masked_mean(error.detach().abs(), mask)
+                target = target.to(prediction.dtype)
+                loss = _masked_mean(loss_fn(prediction, target, reduction="none"), mask)
+                mae = _masked_mean((prediction.detach() - target).abs(), mask)
         weighted = weight * loss
         total = weighted if total is None else total + weighted
         terms[term] = weighted.detach()
