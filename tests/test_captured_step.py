@@ -27,6 +27,7 @@ from alignn_core.training.captured_step import CapturedTrainingStep
 from alignn_core.training.losses import RowMasks, compute_losses
 from tests.conftest import EXAMPLES
 from tests.inference_models import cu_atoms, run_config
+from tests.test_training import _config
 
 CPU = torch.device("cpu")
 
@@ -188,10 +189,7 @@ def test_a_failed_capture_warns_and_trains_eagerly():
 def test_run_with_cuda_graphs_on_a_cpu_is_a_one_line_error(run_cli, tmp_path):
     if torch.cuda.is_available():
         pytest.skip("checks the CPU-only message")
-    config = json.loads((EXAMPLES / "ff" / "config.json").read_text())
-    config.update({"epochs": 1, "cuda_graphs": True})
-    path = tmp_path / "config.json"
-    path.write_text(json.dumps(config))
+    path = _config(tmp_path, "ff", {"epochs": 1, "cuda_graphs": True})
     code, _, err = run_cli("run", path, "--root-dir", EXAMPLES / "ff", "--output-dir",
                            tmp_path / "out", "--device", "cpu")  # fmt: skip
     assert code == 2
