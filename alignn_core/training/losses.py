@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from alignn_core.config.model import LossWeights
+from alignn_core.data.samples import ATOM_TARGETS
 
 TERMS = ("graph", "forces", "stress", "atomwise", "additional")
 PAIRS = {
@@ -22,10 +23,6 @@ PAIRS = {
     "atomwise": ("atomwise_pred", "atomwise"),
     "additional": ("additional", "additional"),
 }
-
-
-ATOM_TERMS = ("forces", "atomwise")
-"""Terms with one row per atom; the others have one row per structure."""
 
 
 @dataclass(frozen=True)
@@ -81,7 +78,7 @@ def compute_losses(
         prediction = output[out_key]
         mask = None
         if masks is not None:
-            mask = masks.atoms if term in ATOM_TERMS else masks.graphs
+            mask = masks.atoms if target_key in ATOM_TARGETS else masks.graphs
         if term == "graph" and classification:
             labels = targets["target"].reshape(-1).long()
             wrong = (prediction.argmax(-1) != labels).float()
