@@ -27,6 +27,7 @@ from alignn_core.training.captured_step import CapturedTrainingStep
 from alignn_core.training.losses import RowMasks, compute_losses
 from tests.conftest import EXAMPLES
 from tests.inference_models import cu_atoms, run_config
+from tests.test_reliability import _error_line
 from tests.test_training import _config
 
 CPU = torch.device("cpu")
@@ -190,10 +191,9 @@ def test_run_with_cuda_graphs_on_a_cpu_is_a_one_line_error(run_cli, tmp_path):
     if torch.cuda.is_available():
         pytest.skip("checks the CPU-only message")
     path = _config(tmp_path, "ff", {"epochs": 1, "cuda_graphs": True})
-    code, _, err = run_cli("run", path, "--root-dir", EXAMPLES / "ff", "--output-dir",
-                           tmp_path / "out", "--device", "cpu")  # fmt: skip
-    assert code == 2
-    assert err.strip() == (
+    line = _error_line(run_cli, "run", path, "--root-dir", EXAMPLES / "ff", "--output-dir",
+                       tmp_path / "out", "--device", "cpu")  # fmt: skip
+    assert line == (
         "error: cuda_graphs: true needs a CUDA device, but this run is on cpu; set cuda_graphs "
         "to false or train on a GPU (--device cuda)"
     )
