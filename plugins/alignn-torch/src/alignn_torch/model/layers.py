@@ -91,6 +91,14 @@ class RBFExpansion(nn.Module):
     float32 that gives gamma = 9.874999751... instead of 9.875 for 0..8 Å with 80 bins, which
     matters for bit-level parity of converted checkpoints. It is a plain float, so loading a
     state dict or casting the module does not change it (upstream behaves the same).
+
+    The exponent is clamped at ``exponent_floor`` (-87) because most bins of a distance lie far from
+    it (gamma ~10 per Å^2 over 0..8 Å), and on CPU ``torch.exp`` takes a slow path, about 10x
+    per element, wherever its result underflows below float32's smallest normal number
+    (argument < ln(FLT_MIN) = -87.34). Measured on a [768, 80] Si 64 expansion: 634 µs plain,
+    62 µs clamped. The clamp moves such an entry from below 1.2e-38 to exp(-87) = 1.6e-38
+    and zeroes its derivative (at most ~3e-36 before): both vanish in every float32 or
+    float64 sum the entry enters next to the O(1) bins near the distance.
     """
 
     def __init__(self, vmin: float = 0.0, vmax: float = 8.0, bins: int = 40) -> None:
@@ -100,10 +108,12 @@ class RBFExpansion(nn.Module):
         self.bins = bins
         self.register_buffer("centers", torch.linspace(vmin, vmax, bins))
         self.gamma = 1.0 / float(torch.diff(self.centers).mean())
+        self.exponent_floor = -87.0  # just above ln(FLT_MIN), see the class docstring
 
     def forward(self, distance: torch.Tensor) -> torch.Tensor:
         # [E] -> [E, bins]
-        return torch.exp(-self.gamma * (distance.unsqueeze(-1) - self.centers) ** 2)
+        exponent = -self.gamma * (distance.unsqueeze(-1) - self.centers) ** 2
+        return torch.exp(exponent.clamp_min(self.exponent_floor))
 
 
 NODE_UPDATES = ("upstream", "gated_sum")
