@@ -352,3 +352,27 @@ def test_graphs_without_edges_or_triplets() -> None:
     alone = model(lone)
     assert float(alone["grad"].abs().max()) == 0.0
     assert float(alone["stresses"].abs().max()) == 0.0
+
+
+def test_rbf_floor_changes_no_number_downstream() -> None:
+    """The exponent floor (off torch.exp's slow underflow path) moves only the bins at or
+    near underflow, by < 2e-38, and leaves what a layer computes from the expansion, and its
+    derivative, bit-identical."""
+    from alignn_torch.model.layers import RBFExpansion
+
+    torch.manual_seed(0)
+    rbf = RBFExpansion(vmin=0.0, vmax=8.0, bins=80)
+    distance = (torch.rand(500) * 8.0).requires_grad_()
+    floored = rbf(distance)
+    exponent = -rbf.gamma * (distance.unsqueeze(-1) - rbf.centers) ** 2
+    plain = torch.exp(exponent)
+    far = exponent < -87.0
+    assert (plain < torch.finfo(torch.float32).tiny).float().mean() > 0.3  # what it is for
+    assert torch.equal(floored[~far], plain[~far])
+    assert (floored[far] - plain[far]).abs().max() < 2e-38
+    layer = torch.nn.Linear(80, 64)
+    out_floored, out_plain = layer(floored), layer(plain)
+    assert torch.equal(out_floored, out_plain)
+    (grad_floored,) = torch.autograd.grad(out_floored.square().sum(), distance)
+    (grad_plain,) = torch.autograd.grad(out_plain.square().sum(), distance)
+    assert torch.equal(grad_floored, grad_plain)
