@@ -92,13 +92,14 @@ class RBFExpansion(nn.Module):
     matters for bit-level parity of converted checkpoints. It is a plain float, so loading a
     state dict or casting the module does not change it (upstream behaves the same).
 
-    The exponent is clamped at ``exponent_floor`` (-87) because most bins of a distance lie far from
-    it (gamma ~10 per Å^2 over 0..8 Å), and on CPU ``torch.exp`` takes a slow path, about 10x
-    per element, wherever its result underflows below float32's smallest normal number
-    (argument < ln(FLT_MIN) = -87.34). Measured on a [768, 80] Si 64 expansion: 634 µs plain,
-    62 µs clamped. The clamp moves such an entry from below 1.2e-38 to exp(-87) = 1.6e-38
-    and zeroes its derivative (at most ~3e-36 before): both vanish in every float32 or
-    float64 sum the entry enters next to the O(1) bins near the distance.
+    The exponent is clamped at ``exponent_floor`` (-87): on CPU ``torch.exp`` takes a slow
+    path, about 10x per element, wherever its result underflows below float32's smallest
+    normal number (argument < ln(FLT_MIN) = -87.34), and with gamma ~10 per Å^2 over 0..8 Å
+    many bins of a distance are that far from it (29% of a Si 64 expansion's entries; a
+    [768, 80] tensor of such exponents takes 634 µs, of larger ones 62 µs). The clamp raises
+    an entry below exp(-87) = 1.6e-38 to exactly that and zeroes its derivative (below ~2e-36
+    before): both vanish in every float32 or float64 sum the entry enters next to the
+    O(1) bins near the distance (tested: a layer's outputs and derivatives are bit-identical).
     """
 
     def __init__(self, vmin: float = 0.0, vmax: float = 8.0, bins: int = 40) -> None:
