@@ -140,3 +140,37 @@ def test_launcher_applies_the_policy_before_torch():
     expected = "1" if sys.platform == "linux" else "None"
     version, thp = done.stdout.splitlines()
     assert version.startswith("alignn ") and thp == expected
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="policies act on Linux only")
+@pytest.mark.parametrize("setting", [None, "system", "fast"])
+def test_ase_calculator_applies_the_policy(tmp_path, setting):
+    """Scripts that run MD get the policy from the calculator (the ``alignn`` command's
+    launcher never runs there); in a child, as the policy is process-global."""
+    from tests.inference_models import make_run
+
+    run = make_run(tmp_path / "run")
+    code = (
+        "import platform, warnings\n"
+        "warnings.simplefilter('ignore')\n"
+        "from alignn_core.allocator import AllocatorPolicyError\n"
+        "from alignn_core.ase import ALIGNNCalculator\n"
+        "try:\n"
+        f"    calc = ALIGNNCalculator({str(run)!r}, device='cpu')\n"
+        "except AllocatorPolicyError as exc:\n"
+        "    print('error:', exc)\n"
+        "else:\n"
+        "    print(platform.libc_ver()[0], calc.summary()['allocator'])\n"
+    )
+    env = _clean_env() if setting is None else _clean_env(ALIGNN_MALLOC=setting)
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    if setting == "fast":
+        assert done.stdout == (
+            "error: ALIGNN_MALLOC='fast' is not a memory-allocator policy; use one of system, "
+            "retain, thp (or leave it unset for 'retain')\n"
+        )
+        return
+    libc, changed = done.stdout.split(" ", 1)
+    retained = "['glibc mallopt M_MMAP_MAX=0, M_TRIM_THRESHOLD=2 GiB']\n"
+    assert changed == (retained if setting is None and libc == "glibc" else "[]\n")

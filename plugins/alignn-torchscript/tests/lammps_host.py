@@ -60,6 +60,7 @@ def run_job(lmp: Any, spec: dict[str, Any]) -> dict[str, Any]:
     triclinic = abs(bx) + abs(cx) + abs(cy) > 0
     elements = spec["elements"]
     lmp.commands_list([
+        *([f"log {spec['log']}"] if "log" in spec else []),
         f"units {spec.get('units', 'metal')}",
         "atom_style atomic",
         "atom_modify map array",

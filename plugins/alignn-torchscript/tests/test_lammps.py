@@ -130,10 +130,17 @@ STRUCTURES: dict[str, Callable[[], Atoms]] = {
 
 # ---------------------------------------------------------------------------- running
 def run_lammps(
-    workdir: Path, model: Path, atoms: Atoms, *, ranks: int = 1, **options: Any
+    workdir: Path,
+    model: Path,
+    atoms: Atoms,
+    *,
+    ranks: int = 1,
+    environ: dict[str, str] | None = None,
+    **options: Any,
 ) -> dict[str, Any]:
     """One ``lammps_host.py`` job on ``atoms`` (already in the LAMMPS frame). Types are the
-    sorted element symbols; ``options["elements"]`` may rename them (to test refusals)."""
+    sorted element symbols; ``options["elements"]`` may rename them (to test refusals);
+    ``environ`` is added to the job's environment."""
     elements = sorted(set(atoms.get_chemical_symbols()))
     spec = {
         "plugin": str(PLUGIN),
@@ -152,7 +159,7 @@ def run_lammps(
         if not MPIRUN.exists():
             (pytest.fail if REQUIRED else pytest.skip)(f"no mpirun in this venv: {MPIRUN}")
         command = [str(MPIRUN), "-np", str(ranks), *command]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(environ or {})}
     done = subprocess.run(
         command, capture_output=True, text=True, cwd=workdir, env=env, timeout=300, check=False
     )
@@ -326,3 +333,50 @@ def test_refused_settings_are_lammps_errors(
     got = run_lammps(tmp_path, Path(model), lammps_frame(nacl_small()), **options)
     assert message in got.get("error", ""), got
     assert "frame #" not in got["error"]  # libtorch's C++ backtrace is cut off
+
+
+@pytest.mark.parametrize(
+    ("setting", "logged"),
+    [
+        (None, "retain (glibc mallopt M_MMAP_MAX=0, M_TRIM_THRESHOLD=2 GiB)"),
+        (" Retain ", "retain (glibc mallopt M_MMAP_MAX=0, M_TRIM_THRESHOLD=2 GiB)"),
+        ("system", "system (allocator unchanged)"),
+    ],
+)
+def test_pair_style_applies_the_allocator_policy(
+    setting: str | None,
+    logged: str,
+    export64: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """LAMMPS runs without the ``alignn`` command's launcher, so the pair style applies
+    ``ALIGNN_MALLOC`` itself (default ``retain``, as the command and the ASE calculator do)."""
+    import platform
+
+    if platform.libc_ver()[0] != "glibc" and setting != "system":
+        pytest.skip("the retain policy acts on glibc only")
+    monkeypatch.delenv("ALIGNN_MALLOC", raising=False)  # the job's environment starts here
+    environ = {"ALIGNN_MALLOC": setting} if setting is not None else {}
+    log = tmp_path / "log.lammps"
+    got = run_lammps(tmp_path, export64, lammps_frame(nacl_small()), environ=environ, log=str(log))
+    assert "error" not in got, got
+    assert f"pair alignn: memory allocator {logged}\n" in log.read_text()
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("fast", "pair_style alignn: ALIGNN_MALLOC='fast' is not a memory-allocator policy; "
+                 "use one of system, retain, thp (or leave it unset for 'retain')"),
+        ("thp", "pair_style alignn: ALIGNN_MALLOC=thp cannot be applied here (libtorch is "
+                "loaded already); start LAMMPS with THP_MEM_ALLOC_ENABLE=1 instead, or use "
+                "retain or system"),
+    ],
+)  # fmt: skip
+def test_pair_style_refuses_an_unusable_allocator_policy(
+    setting: str, message: str, export64: Path, tmp_path: Path
+) -> None:
+    got = run_lammps(tmp_path, export64, lammps_frame(nacl_small()),
+                     environ={"ALIGNN_MALLOC": setting})  # fmt: skip
+    assert message in got.get("error", ""), got
