@@ -64,7 +64,7 @@ constexpr int NUM_ELEMENTS = sizeof(ELEMENTS) / sizeof(ELEMENTS[0]);
 // The memory-allocator policy ALIGNN_MALLOC (alignn_core/allocator.py, which the alignn command
 // and the ASE calculator apply) for this process. Every model call allocates the same large
 // tensors; with glibc's defaults each is mmap-ed and page-faulted in anew, and with "retain"
-// freed blocks stay in the heap for the next step (fcc Cu MD: 1.7x more steps/s at 108 and 512
+// freed blocks stay in the heap for the next step (fcc Cu MD: 1.6-1.7x more steps/s at 108, 512
 // atoms, 3.8x at 4,096; docs/lammps.md). Returns what the log line says, or throws
 // std::invalid_argument with the message for an unsupported value.
 std::string apply_malloc_policy()
