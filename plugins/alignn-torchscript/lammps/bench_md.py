@@ -19,7 +19,10 @@ kinetic + N E for a ``force_mult_natoms`` model (forces -N dE/dx, as ALIGNNCalcu
 fcc Cu supercells, MD steps per second in LAMMPS (``fix nve``, neighbour skin 1 Å; from
 LAMMPS' loop time, which leaves out the extra force evaluation of each ``run``'s setup) and with
 ASE's VelocityVerlet + ALIGNNCalculator (float32, its default neighbour reuse), one thread each,
-after warm-up steps. Also the share of LAMMPS' loop time spent in the pair style.
+after warm-up steps. Also the share of LAMMPS' loop time spent in the pair style. Every
+measurement runs in a fresh process (alternating LAMMPS and ASE): in one shared process the
+second host inherits the heap the first one grew, which flattered ASE by ~20% before both
+hosts applied the ``retain`` allocator policy (docs/lammps.md).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import ctypes
 import json
 import os
 import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -208,11 +212,12 @@ def speed(args: argparse.Namespace) -> dict[str, Any]:
     model = export(run, work / "model.pt")
     rows = []
     for natoms, steps in zip(args.atoms, args.steps, strict=True):
-        reps = REPS[natoms]
         row = {"atoms": natoms}
         for repeat in range(args.repeats):  # alternate, so load drift hits both alike
-            lmp_row = lammps_speed(args.plugin, model, reps, args.warmup, steps, work)
-            ase_row = ase_speed(run, reps, args.warmup, steps)
+            lmp_row, ase_row = (
+                _in_fresh_process(host, args.plugin, model, run, natoms, args.warmup, steps, work)
+                for host in ("lammps", "ase")
+            )
             row.setdefault("lammps", []).append(lmp_row)
             row.setdefault("ase", []).append(ase_row)
             print(f"{natoms} atoms, round {repeat}: LAMMPS {lmp_row['steps_per_s']:.3g} steps/s "
@@ -221,6 +226,28 @@ def speed(args: argparse.Namespace) -> dict[str, Any]:
         rows.append(row)
     return {"what": "MD steps/s, fcc Cu, random weights", "config": str(args.config),
             "warmup_steps": args.warmup, "rows": rows}  # fmt: skip
+
+
+def _in_fresh_process(host: str, plugin: Path, model: Path, run: Path, natoms: int,
+                     warmup: int, steps: int, work: Path) -> dict[str, Any]:  # fmt: skip
+    """One host's timing (``one`` command) in its own Python process."""
+    command = [sys.executable, __file__, "one", "--host", host, "--plugin", str(plugin),
+               "--model", str(model), "--run", str(run), "--atoms", str(natoms),
+               "--warmup", str(warmup), "--steps", str(steps), "--work", str(work)]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"{host} timing failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def one(args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+
+    torch.set_num_threads(1)
+    reps = REPS[args.atoms]
+    if args.host == "lammps":
+        return lammps_speed(args.plugin, args.model, reps, args.warmup, args.steps, args.work)
+    return ase_speed(args.run, reps, args.warmup, args.steps)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -242,8 +269,20 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--steps", type=int, nargs="+", default=[20, 3])
     s.add_argument("--warmup", type=int, default=2)
     s.add_argument("--repeats", type=int, default=1)
+    o = sub.add_parser("one", help="internal: one host's timing for speed, as a JSON line")
+    o.add_argument("--plugin", type=Path, required=True)
+    o.add_argument("--host", choices=("lammps", "ase"), required=True)
+    o.add_argument("--model", type=Path, required=True)
+    o.add_argument("--run", type=Path, required=True)
+    o.add_argument("--atoms", type=int, required=True, choices=sorted(REPS))
+    o.add_argument("--warmup", type=int, required=True)
+    o.add_argument("--steps", type=int, required=True)
+    o.add_argument("--work", type=Path, required=True)
     args = parser.parse_args(argv)
     args.plugin = args.plugin.resolve()
+    if args.command == "one":
+        print(json.dumps(one(args)))
+        return 0
     result = drift(args) if args.command == "drift" else speed(args)
     import torch
 
