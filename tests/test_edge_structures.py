@@ -62,4 +62,4 @@ def test_degenerate_lattice_is_rejected_by_the_reader():
              "elements": ["Cu"], "cartesian": True}  # fmt: skip
     with pytest.raises(DataError) as info:
         structure_from_jarvis(atoms, "id_prop.json: entry 3")
-    assert str(info.value) == ("id_prop.json: entry 3: lattice is degenerate (cell volume 0 Å^3)")
+    assert str(info.value) == "id_prop.json: entry 3: lattice is degenerate (cell volume 0 Å^3)"
