@@ -99,10 +99,18 @@ def apply_policy(policy: str, environ: MutableMapping[str, str] | None = None) -
             changed.append(f"{TORCH_THP_VAR}=1")
         return changed
     mallopt = _glibc_mallopt()
-    if (
-        mallopt is not None
-        and mallopt(_M_MMAP_MAX, 0)
-        and mallopt(_M_TRIM_THRESHOLD, _RETAINED_FREE_BYTES)
-    ):
-        changed.append("glibc mallopt M_MMAP_MAX=0, M_TRIM_THRESHOLD=2 GiB")
+    if mallopt is None:
+        return changed
+    # Both settings are tried, and each one glibc accepts is reported: one can take without
+    # the other, and the report must not call a half-changed allocator unchanged.
+    accepted = [
+        name
+        for name, option, value in (
+            ("M_MMAP_MAX=0", _M_MMAP_MAX, 0),
+            ("M_TRIM_THRESHOLD=2 GiB", _M_TRIM_THRESHOLD, _RETAINED_FREE_BYTES),
+        )
+        if mallopt(option, value)
+    ]
+    if accepted:
+        changed.append("glibc mallopt " + ", ".join(accepted))
     return changed

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from alignn_core import allocator
 from alignn_core.allocator import (
     DEFAULT_POLICY,
     TORCH_THP_VAR,
@@ -73,6 +74,30 @@ def test_retain_calls_glibc_mallopt_in_its_own_process():
     )
     done = subprocess.run([sys.executable, "-c", code], env=_clean_env(), capture_output=True)
     assert done.returncode == 0, done.stderr.decode()
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="policies act on Linux only")
+@pytest.mark.parametrize(
+    ("refused", "report"),
+    [
+        (set(), ["glibc mallopt M_MMAP_MAX=0, M_TRIM_THRESHOLD=2 GiB"]),
+        ({allocator._M_MMAP_MAX}, ["glibc mallopt M_TRIM_THRESHOLD=2 GiB"]),
+        ({allocator._M_TRIM_THRESHOLD}, ["glibc mallopt M_MMAP_MAX=0"]),
+        ({allocator._M_MMAP_MAX, allocator._M_TRIM_THRESHOLD}, []),
+    ],
+)
+def test_retain_reports_each_setting_glibc_accepted(monkeypatch, refused, report):
+    # a fake mallopt: the real one is process-global and no known glibc refuses either call
+    calls: list[tuple[int, int]] = []
+
+    def fake_mallopt(option: int, value: int) -> int:
+        calls.append((option, value))
+        return 0 if option in refused else 1
+
+    monkeypatch.setattr(allocator, "_glibc_mallopt", lambda: fake_mallopt)
+    assert apply_policy("retain", {}) == report
+    # both are always tried: a refused first setting does not skip the second
+    assert [option for option, _ in calls] == [allocator._M_MMAP_MAX, allocator._M_TRIM_THRESHOLD]
 
 
 def _huge_page_kib(policy: str) -> int:

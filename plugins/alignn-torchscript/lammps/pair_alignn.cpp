@@ -77,8 +77,12 @@ std::string apply_malloc_policy()
   for (char &c : policy) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
   if (policy.empty() || policy == "retain") {
 #if defined(__GLIBC__)
-    if (mallopt(M_MMAP_MAX, 0) && mallopt(M_TRIM_THRESHOLD, INT_MAX))
-      return "retain (glibc mallopt M_MMAP_MAX=0, M_TRIM_THRESHOLD=2 GiB)";
+    // Both are tried and each accepted one is named, as alignn_core/allocator.py reports them.
+    const bool no_mmap = mallopt(M_MMAP_MAX, 0) != 0;
+    const bool no_trim = mallopt(M_TRIM_THRESHOLD, INT_MAX) != 0;
+    if (no_mmap && no_trim) return "retain (glibc mallopt M_MMAP_MAX=0, M_TRIM_THRESHOLD=2 GiB)";
+    if (no_mmap) return "retain (glibc mallopt M_MMAP_MAX=0; it refused M_TRIM_THRESHOLD)";
+    if (no_trim) return "retain (glibc mallopt M_TRIM_THRESHOLD=2 GiB; it refused M_MMAP_MAX)";
     return "retain (glibc refused mallopt: allocator unchanged)";
 #else
     return "retain (not glibc: allocator unchanged)";
