@@ -7,6 +7,7 @@ SIGKILL; the pickle test plants a payload that would create a file if it were ev
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pickle
@@ -14,6 +15,7 @@ import resource
 import signal
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import lmdb
@@ -23,16 +25,17 @@ import torch
 from alignn_lmdb import cache as cache_module
 from alignn_lmdb.cache import leftovers, record_key
 from alignn_lmdb.codec import decode_record, encode_record
-from alignn_lmdb.manifest import make_manifest, read_manifest
+from alignn_lmdb.manifest import make_manifest, read_manifest, records_hash
 from alignn_lmdb.provider import LmdbDatasetProvider
 from torch.utils.data import DataLoader
 
 from alignn_core.config.loader import load_config
-from alignn_core.data.samples import make_collate
+from alignn_core.data.samples import make_collate, record_targets
 from alignn_core.default_plugins.memory_dataset import MemoryDatasetProvider
 from alignn_core.errors import ConfigError, DataError, UserError
 from alignn_core.io.id_prop import DataKeys, read_dataset
 from alignn_core.plugins import get_registry
+from alignn_core.structures import Structure
 
 REPO = Path(__file__).resolve().parents[3]
 FF = REPO / "examples" / "ff"
@@ -450,3 +453,47 @@ def test_manifest_records_what_built_it(setup):
                       indices=[2, 1], target_scale=None)  # fmt: skip
     assert a["records_sha256"] != b["records_sha256"] and a["indices_sha256"] != b["indices_sha256"]
     assert a["settings"] == settings.model_dump() and a["backend"] == "torch"
+
+
+def _records_hash_as_documented(records, indices, target_scale) -> str:
+    """records_sha256 written out from its definition: per record the id and a NUL, then each
+    array as ``dtype.str`` + shape + its C-order bytes (structure, then targets by name)."""
+    digest = hashlib.sha256()
+    for index in indices:
+        record = records[index]
+        s = record.structure
+        digest.update(record.id.encode() + b"\0")
+        arrays = [s.numbers, s.positions, s.cell, np.asarray(s.pbc)]
+        named = [(None, a) for a in arrays]
+        named += list(record_targets(record, target_scale).items())
+        for name, value in named:
+            if name is not None:
+                digest.update(name.encode() + b"\0")
+            value = np.asarray(value)
+            digest.update(f"{value.dtype.str}{value.shape}".encode())
+            digest.update(value.tobytes())  # C order whatever the layout
+    return digest.hexdigest()
+
+
+def test_records_hash_keeps_its_definition_for_any_memory_layout(setup):
+    # caches built by earlier versions must keep opening: the hash is a stable format
+    records, _, _ = setup
+    assert records_hash(records, [3, 0, 1], 2.5) == _records_hash_as_documented(
+        records, [3, 0, 1], 2.5
+    )
+    # the same values laid out non-contiguously (Fortran order, strided views) hash the same
+    original = records[0]
+    transposed = Structure(
+        numbers=original.structure.numbers[::-1][::-1],
+        positions=np.asfortranarray(original.structure.positions),
+        cell=np.asfortranarray(original.structure.cell),
+        pbc=original.structure.pbc,
+    )
+    assert not transposed.positions.flags.c_contiguous
+    strided = replace(original, structure=transposed,
+                      forces=np.asfortranarray(original.forces))  # fmt: skip
+    assert records_hash([strided], [0], None) == records_hash([original], [0], None)
+    assert records_hash([strided], [0], None) == _records_hash_as_documented([strided], [0], None)
+    scalar = replace(original, target=np.asarray(original.target).reshape(()))  # a 0-d target
+    assert records_hash([scalar], [0], None) == _records_hash_as_documented([scalar], [0], None)
+    assert records_hash([scalar], [0], None) != records_hash([original], [0], None)
