@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 import torch
 from alignn_lmdb import cache as cache_module
+from alignn_lmdb import manifest as manifest_module
 from alignn_lmdb.cache import leftovers, record_key
 from alignn_lmdb.codec import decode_record, encode_record
 from alignn_lmdb.manifest import make_manifest, read_manifest, records_hash
@@ -475,8 +476,11 @@ def _records_hash_as_documented(records, indices, target_scale) -> str:
     return digest.hexdigest()
 
 
-def test_records_hash_keeps_its_definition_for_any_memory_layout(setup):
-    # caches built by earlier versions must keep opening: the hash is a stable format
+@pytest.mark.parametrize("flush_bytes", [1, 3000, 4 << 20])
+def test_records_hash_keeps_its_definition_for_any_memory_layout(setup, monkeypatch, flush_bytes):
+    # caches built by earlier versions must keep opening: the hash is a stable format, however
+    # the stream is cut into the joins it is hashed in
+    monkeypatch.setattr(manifest_module._RecordDigest, "FLUSH_BYTES", flush_bytes)
     records, _, _ = setup
     assert records_hash(records, [3, 0, 1], 2.5) == _records_hash_as_documented(
         records, [3, 0, 1], 2.5
