@@ -8,7 +8,7 @@ an mlearn Cu step with upstream's config: multiplying two such tensors took 47 m
 tensor and 4 ms in place; the faults, not the arithmetic, were the largest single cost of the
 step. Upstream ALIGNN pays the same cost (more of it: it allocates more temporaries).
 
-Policies (measured in ``docs/performance.md``):
+Policies (measured in ``docs/memory-allocator.md``):
 
 ``system``
     Leave the allocator alone.

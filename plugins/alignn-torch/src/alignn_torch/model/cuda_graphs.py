@@ -1,7 +1,7 @@
 """Inference by replaying captured CUDA graphs: :class:`CapturedForward`.
 
 Why: on a GPU, one energy + forces + stress call of the model costs about the same from 64 to
-4,096 atoms (~10 ms on an H200, docs/performance.md): the GPU waits for ~700 kernel launches
+4,096 atoms (~10 ms on an H200, docs/performance-details.md): the GPU waits for ~700 kernel launches
 and the Python that issues them, not for arithmetic. A CUDA graph records those launches once
 and replays them with one call.
 
