@@ -1,9 +1,9 @@
 """Training steps by CUDA graph replay (config ``cuda_graphs``): :class:`CapturedTrainingStep`.
 
 Why: on a GPU a force-field training step of these models is bound by kernel launches
-(2,300-2,900 per step, docs/performance-details.md), not by arithmetic. The forward pass, the forces'
-backward, the loss and the backward to the weights are captured once per size bucket and
-replayed; the optimiser and scheduler steps stay eager.
+(2,300-2,900 per step, docs/performance-details.md), not by arithmetic. The forward pass,
+the forces' backward, the loss and the backward to the weights are captured once per size
+bucket and replayed; the optimiser and scheduler steps stay eager.
 
 Each batch is padded by the graph backend (``pad``) to its bucket; targets get zero rows and the
 losses and MAEs are averaged over the real rows only (:class:`~alignn_core.training.losses

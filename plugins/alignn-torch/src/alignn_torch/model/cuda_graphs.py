@@ -1,9 +1,9 @@
 """Inference by replaying captured CUDA graphs: :class:`CapturedForward`.
 
 Why: on a GPU, one energy + forces + stress call of the model costs about the same from 64 to
-4,096 atoms (~10 ms on an H200, docs/performance-details.md): the GPU waits for ~700 kernel launches
-and the Python that issues them, not for arithmetic. A CUDA graph records those launches once
-and replays them with one call.
+4,096 atoms (~10 ms on an H200, docs/performance-details.md): the GPU waits for ~700 kernel
+launches and the Python that issues them, not for arithmetic. A CUDA graph records those
+launches once and replays them with one call.
 
 A graph replays fixed shapes, so each call is padded (:func:`~alignn_torch.graphs.padding
 .pad_graph`) to its capacity bucket and copied into that bucket's input tensors; one capture
