@@ -23,7 +23,9 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import platform
+import shutil
 import statistics
 import sys
 import tempfile
@@ -46,8 +48,10 @@ LAYER_TOLERANCE = 1e-5
 
 def build_extension(build_dir: Path):
     """Compile ``fused_eggc.cpp`` (about 40 s the first time, then cached in ``build_dir``)."""
-    from torch.utils.cpp_extension import load
+    from torch.utils.cpp_extension import is_ninja_available, load
 
+    if not is_ninja_available() or not shutil.which(os.environ.get("CXX", "c++")):
+        sys.exit("fused_eggc.py builds C++: it needs ninja (pip install ninja) and a compiler")
     build_dir.mkdir(parents=True, exist_ok=True)
     flags = ["-O3", "-march=native", "-fopenmp-simd", "-ffp-contract=fast"]
     return load("alignn_fused_eggc", [str(HERE / "fused_eggc.cpp")], extra_cflags=flags,
