@@ -171,6 +171,46 @@ def test_penalty_and_zbl_enter_energy_and_forces() -> None:
     torch.testing.assert_close(out1 - out0, zbl / graph.num_nodes, rtol=1e-10, atol=1e-12)
 
 
+def test_short_range_terms_skipped_only_when_zero_and_bit_for_bit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Without short bonds the penalty and ZBL are skipped on the CPU (``any_shorter``); the
+    outputs, forces, stress and training gradients are then the computed terms' bit for bit."""
+    from alignn_torch.model import alignn_atomwise_pure, physics
+
+    far, near = build(cubic()), build(short_bond())
+    assert not physics.any_shorter(far.r.norm(dim=1), 1.0)
+    assert physics.any_shorter(near.r.norm(dim=1), 1.0)
+    assert physics.any_shorter(torch.ones(3, device="meta"), 0.5)  # not looked at off the CPU
+
+    model = make_model(use_penalty=True, use_zbl=True)
+    batch = collate_graphs([far, build(triclinic())])
+
+    def evaluate() -> dict[str, torch.Tensor]:
+        model.zero_grad()
+        model.train()
+        result = model(batch)
+        (result["energy"].sum() + result["grad"].pow(2).sum()).backward()
+        model.eval()
+        values = {k: v.detach() for k, v in model(batch).items()}
+        grads = {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
+        return values | {name: grad.clone() for name, grad in grads.items()}
+
+    calls: list[int] = []
+    zbl_energy = alignn_atomwise_pure.zbl_energy
+    monkeypatch.setattr(
+        alignn_atomwise_pure, "zbl_energy", lambda *args: calls.append(1) or zbl_energy(*args)
+    )
+    skipped = evaluate()
+    assert not calls
+    monkeypatch.setattr(alignn_atomwise_pure, "any_shorter", lambda distance, limit: True)
+    computed = evaluate()
+    assert len(calls) == 2
+    assert skipped.keys() == computed.keys()
+    for key, value in computed.items():
+        assert torch.equal(skipped[key], value), key
+
+
 @pytest.mark.parametrize("conv_type", ["alignn", "n_alignn", "t_alignn"])
 def test_conv_types_give_exact_forces_and_train(conv_type: str) -> None:
     model = make_model(conv_type=conv_type, num_heads=2, gcn_layers=2)

@@ -34,7 +34,12 @@ from alignn_torch.graphs.graph import AtomGraph
 from alignn_torch.graphs.line_graph import angle_cosines
 from alignn_torch.model.layers import ALIGNNConv, MLPLayer, RBFExpansion, make_conv
 from alignn_torch.model.node_update import register_node_update
-from alignn_torch.model.physics import cutoff_envelope, penalty_energy, zbl_energy
+from alignn_torch.model.physics import (
+    any_shorter,
+    cutoff_envelope,
+    penalty_energy,
+    zbl_energy,
+)
 
 SPECIES_TABLE_ROWS = 120
 """Rows of ``_species_table`` (Z = 0..119), upstream's size, so checkpoints load strictly."""
@@ -202,19 +207,20 @@ class ALIGNNAtomWisePure(nn.Module):
         """Raw head ``out`` [B] or [B, D] -> (``out`` with the ZBL share, total ``energy``).
 
         energy = out * N (if ``energy_mult_natoms``) + penalty + ZBL, each per graph; ``out``
-        gains ZBL / N like upstream's, and no penalty (upstream's ``out`` has none).
+        gains ZBL / N like upstream's, and no penalty (upstream's ``out`` has none). A term
+        that is zero on every edge is skipped on the CPU (:func:`any_shorter`).
         """
         num_graphs = int(n_atoms.shape[0])
         count = n_atoms.to(out.dtype)  # [B]
         if out.dim() == 2:
             count = count.unsqueeze(1)  # [B, 1] broadcasts over D outputs
         energy = out * count if self.energy_mult_natoms else out
-        if self.use_penalty:
+        if self.use_penalty and any_shorter(distance, self.penalty_threshold):
             penalty = penalty_energy(
                 distance, edge_graph, num_graphs, self.penalty_factor, self.penalty_threshold
             )  # [B]
             energy = energy + (penalty.unsqueeze(1) if out.dim() == 2 else penalty)
-        if self.use_zbl:
+        if self.use_zbl and any_shorter(distance, self.zbl_cutoff):
             zbl = zbl_energy(
                 distance, numbers[src], numbers[dst], edge_graph, num_graphs, self.zbl_cutoff
             )  # [B]

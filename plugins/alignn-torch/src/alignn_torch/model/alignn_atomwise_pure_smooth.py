@@ -37,7 +37,7 @@ from torch import nn
 from alignn_torch.config import ALIGNNAtomWisePureConfig, ALIGNNAtomWisePureSmoothConfig
 from alignn_torch.model.alignn_atomwise_pure import ALIGNNAtomWisePure
 from alignn_torch.model.layers import MLPLayer, RBFExpansion
-from alignn_torch.model.physics import penalty_energy
+from alignn_torch.model.physics import any_shorter, penalty_energy
 from alignn_torch.model.smooth_bases import (
     BesselBasis,
     FourierAngularBasis,
@@ -162,7 +162,7 @@ class ALIGNNAtomWisePureSmooth(ALIGNNAtomWisePure):
         if out.dim() == 2:
             count = count.unsqueeze(1)  # [B, 1] broadcasts over D outputs
         energy = out * count if self.energy_mult_natoms and not self.mlp_first else out
-        if self.use_penalty:
+        if self.use_penalty and any_shorter(distance, self.penalty_threshold):
             penalty = penalty_energy(
                 distance, edge_graph, num_graphs, self.penalty_factor, self.penalty_threshold
             )  # [B]
