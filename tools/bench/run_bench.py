@@ -25,8 +25,9 @@ model rows, 2 and 3, on the GPU):
    cutoff 5 Å): see :func:`train_configs`.
 3. ``infer``: energy+forces+stress of a prebuilt graph of a 64/512/4,096-atom Si cell and of a
    batch of 32 8-atom Si cells (reduced model), eager; and each side's TorchScript export
-   called from a neighbour list (``forward_tensors_z``; ours also without TorchScript, the same
-   module left eager: ``exported_eager``). On CUDA also ours by CUDA graph replay
+   called from a neighbour list (``forward_tensors_z``, one structure per call, so the 32
+   cells one by one; ours also without TorchScript, the same module left eager:
+   ``exported_eager``). On CUDA also ours by CUDA graph replay
    (``cuda_graph``, ``alignn_torch.model.cuda_graphs``), from the graph on the host, and our
    export under TorchScript's default executor (``torchscript_default``, optimisation on).
 4. ``cache``: cold LMDB build vs warm reopen (``read_existing``) of mlearn Cu records, each
@@ -177,6 +178,13 @@ def plan(quick: bool, inputs: Path, device: str = "cpu") -> list[dict[str, Any]]
         warmup=2,
         calls=INFER_CALLS[8],
     )
+    # the exports take one structure (an MD host's call), so a batch goes through them cell by
+    # cell: what a user with 32 structures and only the exported file does
+    for mode in ("exported_eager", "torchscript"):
+        row("infer", f"32 x Si 8, {mode} one by one",
+            {"task": "infer", "structures": si8x32, "batch": 32, "mode": mode},
+            impls=IMPLS if mode == "torchscript" else ("ours",), calls=2,
+            warmup=4 if mode == "torchscript" else 2)  # fmt: skip
     for mode in graphed:
         row("infer", f"32 x Si 8, batched {mode}",
             {"task": "infer", "structures": si8x32, "batch": 32, "mode": mode},

@@ -149,12 +149,15 @@ def _exported(model, config: dict[str, Any]):
     return _CACHE["torchscript"]
 
 
-def _neighbor_inputs(structures: str, config: dict[str, Any]) -> tuple[torch.Tensor, ...]:
-    """``forward_tensors_z``'s inputs from upstream's own neighbour list, typed as upstream's
-    smoke test passes them (float32 positions requiring grad, float shifts)."""
-    key = f"ts-inputs:{structures}"
+def _neighbor_inputs(
+    structures: str, index: int, config: dict[str, Any]
+) -> tuple[torch.Tensor, ...]:
+    """``forward_tensors_z``'s inputs for the ``index``-th cell of ``structures`` from upstream's
+    own neighbour list, typed as upstream's smoke test passes them (float32 positions
+    requiring grad, float shifts)."""
+    key = f"ts-inputs:{structures}:{index}"
     if key not in _CACHE:
-        atoms = _atoms(structures)[0]
+        atoms = _atoms(structures)[index]
         g, _ = _build(atoms, config)
         _CACHE[key] = tuple(t.to(DEVICE) for t in (
             torch.tensor(atoms.cart_coords, dtype=torch.float32),
@@ -166,7 +169,8 @@ def _neighbor_inputs(structures: str, config: dict[str, Any]) -> tuple[torch.Ten
 
 def task_infer(request: dict[str, Any]) -> dict[str, Any]:
     """Mirror of ours: ``eager`` on a prebuilt graph; ``torchscript``: upstream's export called
-    from a neighbour list (its default graph-executor settings, what its hosts run)."""
+    from a neighbour list (its default graph-executor settings, what its hosts run), one call
+    per cell of a batch."""
     if request["mode"] not in ("eager", "torchscript"):
         return {"error": f"no upstream counterpart of mode {request['mode']!r}"}
     config = _config("config_reduced.json")
@@ -174,12 +178,14 @@ def task_infer(request: dict[str, Any]) -> dict[str, Any]:
         _CACHE["model"] = _model(config, force_mult_natoms=False, stresswise_weight=1.0).eval()
     if request["mode"] == "torchscript":
         module = _exported(_CACHE["model"], config)
-        positions, *rest = _neighbor_inputs(request["structures"], config)
+        per_cell = [_neighbor_inputs(request["structures"], i, config)
+                    for i in range(int(request["batch"]))]  # fmt: skip
         synchronize(DEVICE)
         start = time.perf_counter()
-        module.forward_tensors_z(positions.detach().requires_grad_(True), *rest, True)
+        for positions, *rest in per_cell:
+            module.forward_tensors_z(positions.detach().requires_grad_(True), *rest, True)
         synchronize(DEVICE)
-        return {"seconds": time.perf_counter() - start, "items": 1}
+        return {"seconds": time.perf_counter() - start, "items": len(per_cell)}
     key = f"infer:{request['structures']}:{request['batch']}"
     if key not in _CACHE:
         _CACHE[key] = _batch(_atoms(request["structures"])[: request["batch"]], config)
