@@ -33,8 +33,12 @@ def _report(ours: float, upstream: float, malloc: str = "system") -> dict:
 
 
 def test_medians_and_range_over_runs() -> None:
-    lines = combine_runs.combine([_report(90, 60), _report(60, 50), _report(80, 40)])
-    eager, exported = lines
+    later = _report(80, 40)
+    later["summary"].insert(1, {"group": "infer", "row": "new row", "metric": "evals/s",
+                                "ours": 3.0, "upstream": 1.0, "speedup": 3.0})  # fmt: skip
+    lines = combine_runs.combine([_report(90, 60), _report(60, 50), later])
+    eager, exported, new = lines
+    assert (new["row"], new["runs"], new["speedup"]) == ("new row", 1, 3.0)
     assert eager["ours"] == 80 and eager["upstream"] == 50 and eager["runs"] == 3
     # the median of the three speedups (1.5, 1.2, 2.0), not the ratio of the medians (1.6)
     assert eager["speedup"] == 1.5
@@ -42,7 +46,7 @@ def test_medians_and_range_over_runs() -> None:
     assert exported["ours"] == 80 and exported["upstream"] is None
     assert exported["speedup"] is None
     table = combine_runs.markdown([_report(90, 60)] * 3, lines)
-    assert "| infer | Si 64, eager | evals/s | 80 | 50 | **1.50x** | 1.20-2.00 |" in table
+    assert "| infer | Si 64, eager | evals/s | 80 | 50 | **1.50x** | 1.20-2.00 | 3 |" in table
 
 
 def test_runs_with_other_settings_are_refused(tmp_path: Path, capsys) -> None:

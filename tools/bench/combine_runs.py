@@ -28,8 +28,9 @@ class IncomparableRuns(ValueError):
 
 
 def combine(reports: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One line per (row, metric) present in every run: medians of ``ours``, ``upstream`` and
-    ``speedup`` across runs, and the smallest and largest speedup."""
+    """One line per (row, metric) of any run, in first-seen order: medians of ``ours``,
+    ``upstream`` and ``speedup`` over the runs that have it (``runs``: how many; a row added
+    to the bench later is in fewer), and the smallest and largest speedup."""
     if len(reports) < 2:
         raise IncomparableRuns("give at least two runs to combine")
     first = reports[0]
@@ -41,11 +42,12 @@ def combine(reports: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     f"{_setting(first, key)!r}; combine runs made with the same settings"
                 )
     keyed = [{(line["row"], line["metric"]): line for line in r["summary"]} for r in reports]
+    first_seen = {key: line for runs in reversed(keyed) for key, line in runs.items()}
+    order = list(dict.fromkeys(key for runs in keyed for key in runs))
     lines = []
-    for key, line in keyed[0].items():
-        if not all(key in runs for runs in keyed):
-            continue
-        values = [runs[key] for runs in keyed]
+    for key in order:
+        line = first_seen[key]
+        values = [runs[key] for runs in keyed if key in runs]
         speedups = [v["speedup"] for v in values if v.get("speedup")]
         lines.append({
             "group": line["group"], "row": key[0], "metric": key[1],
@@ -88,8 +90,8 @@ def markdown(reports: list[dict[str, Any]], lines: list[dict[str, Any]]) -> str:
         "Medians over the runs; `speedup` > 1 means ours is better, [smallest-largest] over the "
         "runs.",
         "",
-        "| row | case | metric | ours | upstream | speedup | range |",
-        "|---|---|---|---|---|---|---|",
+        "| row | case | metric | ours | upstream | speedup | range | runs |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for line in lines:
         speedup = line["speedup"]
@@ -98,7 +100,7 @@ def markdown(reports: list[dict[str, Any]], lines: list[dict[str, Any]]) -> str:
         out.append(
             f"| {line['group']} | {line['row']} | {line['metric']} | {_fmt(line['ours'])} | "
             f"{_fmt(line['upstream'])} | "
-            f"{'–' if speedup is None else f'**{speedup:.2f}x**'} | {spread} |"
+            f"{'–' if speedup is None else f'**{speedup:.2f}x**'} | {spread} | {line['runs']} |"
         )
     return "\n".join(out) + "\n"
 
