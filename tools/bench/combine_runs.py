@@ -42,15 +42,12 @@ def combine(reports: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     f"{_setting(first, key)!r}; combine runs made with the same settings"
                 )
     keyed = [{(line["row"], line["metric"]): line for line in r["summary"]} for r in reports]
-    first_seen = {key: line for runs in reversed(keyed) for key, line in runs.items()}
-    order = list(dict.fromkeys(key for runs in keyed for key in runs))
     lines = []
-    for key in order:
-        line = first_seen[key]
+    for key in dict.fromkeys(key for runs in keyed for key in runs):  # first-seen order
         values = [runs[key] for runs in keyed if key in runs]
         speedups = [v["speedup"] for v in values if v.get("speedup")]
         lines.append({
-            "group": line["group"], "row": key[0], "metric": key[1],
+            "group": values[0]["group"], "row": key[0], "metric": key[1],
             "ours": _median([v.get("ours") for v in values]),
             "upstream": _median([v.get("upstream") for v in values]),
             "speedup": _median(speedups),

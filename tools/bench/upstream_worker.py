@@ -157,7 +157,9 @@ def _neighbor_inputs(
     requiring grad, float shifts)."""
     key = f"ts-inputs:{structures}:{index}"
     if key not in _CACHE:
-        atoms = _atoms(structures)[index]
+        if f"atoms:{structures}" not in _CACHE:  # read once for all the cells of a batch
+            _CACHE[f"atoms:{structures}"] = _atoms(structures)
+        atoms = _CACHE[f"atoms:{structures}"][index]
         g, _ = _build(atoms, config)
         _CACHE[key] = tuple(t.to(DEVICE) for t in (
             torch.tensor(atoms.cart_coords, dtype=torch.float32),
