@@ -44,10 +44,6 @@ class Structure:
     def volume(self) -> float:
         return float(abs(np.linalg.det(self.cell)))
 
-    @property
-    def frac_positions(self) -> np.ndarray:
-        return self.positions @ np.linalg.inv(self.cell)
-
     @classmethod
     def from_ase(cls, atoms) -> Structure:
         """Build from ``ase.Atoms``; a non-periodic molecule keeps its (possibly zero) cell."""

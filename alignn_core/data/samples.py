@@ -19,7 +19,7 @@ from alignn_core.structures import Record, Structure
 #: structures per ``build_many`` call: bounds the memory of a batched build
 BUILD_CHUNK = 256
 
-GRAPH_TARGETS = ("target", "stress", "additional")
+#: targets given per atom (concatenated in a batch); every other target is per structure
 ATOM_TARGETS = ("forces", "atomwise")
 
 
