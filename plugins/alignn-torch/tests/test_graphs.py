@@ -143,6 +143,59 @@ def test_cell_list_path_matches_brute_force() -> None:
     assert_matches_brute_force(positions, cell, (True, False, True), cutoff=3.2)
 
 
+def _both_searches(monkeypatch, positions, cell, pbc, cutoff, **options):
+    """The same query through the cell lists (each pair met in one direction, then mirrored)
+    and through the dense all-pairs path (both directions searched)."""
+    import alignn_torch.graphs.neighbors as neighbors
+
+    searches = []
+    binned_search = neighbors._binned_search
+    monkeypatch.setattr(
+        neighbors, "_binned_search", lambda *a: searches.append(a) or binned_search(*a)
+    )
+    monkeypatch.setattr(neighbors, "_DENSE_CANDIDATES", 0)
+    binned = radius_neighbors(positions, cell, pbc, cutoff, **options)
+    assert searches, "the cell lists were not used"
+    monkeypatch.setattr(neighbors, "_DENSE_CANDIDATES", 10**12)
+    dense = radius_neighbors(positions, cell, pbc, cutoff, **options)
+    return binned, dense
+
+
+@pytest.mark.parametrize(
+    ("scale", "pbc", "cutoff"),
+    [
+        ((3.0, 3.0, 3.0), (True, True, True), 3.2),  # 2-3 bins per axis
+        ((3.0, 1.0, 2.0), (True, True, True), 3.0),  # one bin on an axis: offsets +-1 wrap onto it
+        ((4.0, 3.0, 1.0), (True, False, True), 2.5),  # a non-periodic axis
+        ((2.0, 3.0, 1.0), (True, True, True), 3.2),  # 2 bins on an axis; 1 bin at images to +-2
+        ((3.0, 2.0, 0.6), (True, True, True), 3.2),  # atoms meet their own images (|c| < 3.2)
+    ],
+)
+def test_cell_lists_meet_each_pair_once_and_mirror_it_exactly(
+    monkeypatch, scale, pbc, cutoff
+) -> None:
+    """The one-direction cell-list search gives the dense search's list bit for bit: the same
+    edges in the same order, and vectors equal to the last bit, the sign of zero included."""
+    rng = np.random.default_rng(5)
+    _, cell = random_structure(3, n_atoms=1)
+    cell = cell * np.array(scale)[:, None]
+    positions = rng.uniform(size=(40, 3)) @ cell + rng.integers(-1, 2, size=(40, 3)) @ cell
+    positions[7] = positions[3]  # coincident atoms: kept only by min_d2 < 0, as NeighborCache asks
+    for options in ({}, {"max_neighbors": 9}, {"min_d2": -1.0}):
+        binned, dense = _both_searches(monkeypatch, positions, cell, pbc, cutoff, **options)
+        assert len(binned) > 0
+        for a, b in zip(
+            (binned.src, binned.dst, binned.shift, binned.r),
+            (dense.src, dense.dst, dense.shift, dense.r),
+            strict=True,
+        ):
+            assert a.dtype == b.dtype and np.array_equal(a, b)
+        assert np.array_equal(np.signbit(binned.r), np.signbit(dense.r))
+    selves = (binned.src == binned.dst) & ~binned.shift.any(axis=1)
+    assert selves.sum() == 40  # every atom with itself at image 0, once (min_d2 < 0)
+    assert_matches_brute_force(positions, cell, pbc, cutoff)
+
+
 def test_one_atom_cell_sees_its_own_images() -> None:
     a = 3.615
     cell = np.array([[0, a / 2, a / 2], [a / 2, 0, a / 2], [a / 2, a / 2, 0]])

@@ -14,7 +14,7 @@ positions and ``shift @ cell`` in einsum's order, the same casts, :func:`stored_
 concatenated edges), and the edge set and order follow from exact tests: the candidates are a
 superset of every pair within the radius, accepted by the same ``min_d2 < |r|² <= radius²`` test
 and ordered by the same key. Each pair of atoms is searched in one direction only and the
-reverse edges are added by negating ``r``, which is exact (:func:`_with_mirrors`): half the
+reverse edges are added by negating ``r``, which is exact (:func:`with_mirrors`): half the
 candidates, and the 50 example POSCARs build 1.2x (``retain`` allocator) to 1.6x (glibc's
 default) faster. The K-capped search takes the same two stages
 (:func:`~alignn_torch.graphs.neighbors._nearest_if_complete`'s proof); which stage answers a
@@ -53,6 +53,7 @@ from alignn_torch.graphs.neighbors import (
     finish_edges,
     first_k_edges,
     kth_nearest_steps,
+    with_mirrors,
 )
 from alignn_torch.graphs.strategies import pure_torch_triplet_limit
 
@@ -61,7 +62,7 @@ from alignn_torch.graphs.strategies import pure_torch_triplet_limit
 #: screen (broadcasts) a fraction of that, so beyond a few thousand candidates the saved per-call
 #: overhead (~0.35 ms a structure) is spent again (measured: cost <= 1,568 5-6x faster batched,
 #: 1,728-3,136 1.5x, 3,200-18,432 1.1x, Si 64 at 4,096 0.8x, mlearn Cu at 11,449 0.3x). Searching
-#: each pair in one direction (:func:`_with_mirrors`) moved the crossover little: ten random
+#: each pair in one direction (:func:`with_mirrors`) moved the crossover little: ten random
 #: cells of 16/32/48/64/80/96/108/128 atoms at Cu and Si densities, 3x/1.5-2.3x/1.0-2.0x/
 #: 0.7-1.5x/0.65-1.2x/0.55-0.97x/0.5x/0.3-0.4x faster batched, so the limits stay
 _BATCHED_CANDIDATES = 8_000
@@ -134,7 +135,7 @@ def _candidate_bound(n_atoms: np.ndarray, dual_lengths: np.ndarray, radius: np.n
     a pair's box of images spans at most ``2·reach + 1`` per axis (:func:`_pair_images`).
 
     It counts ordered pairs (n²), about twice the pairs the one-direction search screens
-    (:func:`_with_mirrors`). It stays so: the limits above and the chunk size were measured
+    (:func:`with_mirrors`). It stays so: the limits above and the chunk size were measured
     against this bound, so a chunk now screens about half of ``_CHUNK_CANDIDATES``."""
     spans = np.floor(2 * _reach(dual_lengths, radius)) + 1
     return n_atoms * n_atoms * np.prod(spans, axis=1)
@@ -307,9 +308,9 @@ def _chunk_pairs(
     d2 = _row_sq(r)
     bound = radius.take(owner.take(pair))
     accept = np.flatnonzero((d2 > min_d2) & (d2 <= bound * bound))
-    return _with_mirrors(
-        src.take(accept), dst.take(accept), _take(shift, accept), _take(r, accept), d2[accept]
-    )
+    src, dst = src.take(accept), dst.take(accept)
+    pairs = (src, dst, _take(shift, accept), _take(r, accept), d2[accept])
+    return with_mirrors(pairs, np.flatnonzero(src != dst))  # i -> i: searched at every image
 
 
 @functools.lru_cache(maxsize=16)
@@ -322,30 +323,6 @@ def _atom_pairs(n_atoms: int) -> tuple[np.ndarray, np.ndarray]:
     first.flags.writeable = False
     second.flags.writeable = False
     return first, second
-
-
-def _with_mirrors(
-    src: np.ndarray, dst: np.ndarray, shift: np.ndarray, r: np.ndarray, d2: np.ndarray
-) -> Pairs:
-    """Accepted pairs ``i -> j`` (``i <= j``) and the reverse edge ``j -> i`` at image ``-shift``
-    of each with ``i != j``: the edges an all-pairs search finds, from half its candidates.
-
-    The reverse vector is ``-r`` bit for bit, zeros aside: ``r`` is ``(p_j - p_i) + shift @ cell``
-    and negating every operand of an IEEE sum or product negates its result exactly, except that
-    a sum of zero is ``+0`` either way (``shift @ cell`` is never ``-0``: einsum starts its sums
-    from ``+0``). ``+ 0.0`` turns exactly the ``-0`` of ``-r`` back into ``+0``. ``|r|²`` is the
-    same. (``i -> i`` pairs are searched at every image, so they need no mirror.)
-    """
-    other = np.flatnonzero(src != dst)
-    reverse = -_take(r, other)
-    reverse += 0.0
-    return (
-        np.concatenate([src, dst.take(other)]),
-        np.concatenate([dst, src.take(other)]),
-        np.concatenate([shift, -_take(shift, other)]),
-        np.concatenate([r, reverse]),
-        np.concatenate([d2, d2.take(other)]),
-    )
 
 
 def _pair_images(
