@@ -685,16 +685,25 @@ def _binned_candidates(
     atom_ids = linear(bins)
     order = np.argsort(atom_ids, kind="stable")
     sorted_ids = atom_ids[order]
-    target = bins[:, None, :] + offsets[None, :, :]  # [N, O, 3] unwrapped bin index
+    # Where an offset leads depends on the bin only: work it out per occupied bin (B of them,
+    # several atoms each), then give each atom its bin's row.
+    opens = np.empty(n, dtype=bool)
+    opens[0] = True
+    np.not_equal(sorted_ids[1:], sorted_ids[:-1], out=opens[1:])
+    bin_of = np.empty(n, dtype=np.int64)
+    bin_of[order] = np.cumsum(opens) - 1  # each atom's occupied bin
+    target = _take(bins, order[opens])[:, None, :] + offsets[None, :, :]  # [B, O, 3], unwrapped
     image = np.where(periodic, np.floor_divide(target, n_bins), 0)
     target = np.where(periodic, target - image * n_bins, target)
     valid = np.all((target >= 0) & (target < n_bins), axis=-1)
     tid = linear(np.clip(target, 0, n_bins - 1))
     start = np.searchsorted(sorted_ids, tid, side="left")
     count = np.where(valid, np.searchsorted(sorted_ids, tid, side="right") - start, 0)
+    start, count = start.take(bin_of, axis=0), count.take(bin_of, axis=0)  # [N, O]
 
     wrapped_sorted = _take(wrapped, order)
-    slot_base = _times_cell(image, basis) - wrapped[:, None, :]  # image offset - own position
+    # image offset - own position, per atom and offset
+    slot_base = _take(_times_cell(image, basis), bin_of) - wrapped[:, None, :]
     n_off = len(offsets)
     chunk_of = np.cumsum(count.sum(axis=1)) // _CANDIDATE_BUDGET
     for atoms in np.split(np.arange(n), np.flatnonzero(np.diff(chunk_of)) + 1):
@@ -715,7 +724,7 @@ def _binned_candidates(
         j = order[jpos[near]]
         one_way = np.flatnonzero((slot % n_off != own) | (j >= i))
         i, j, slot = i.take(one_way), j.take(one_way), slot.take(one_way)
-        yield i, j, image[i, slot % n_off]
+        yield i, j, image[bin_of.take(i), slot % n_off]
 
 
 def _rank_in_source(src: np.ndarray, n_atoms: int) -> np.ndarray:
