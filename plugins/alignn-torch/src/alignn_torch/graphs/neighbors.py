@@ -361,8 +361,9 @@ def _pairs(frame: _Frame, radius: float, min_d2: float) -> list[Pairs]:
     pieces = []
     for i, j, shift in _binned_search(frame, periodic, reach, radius, min_d2):
         pairs = pairs_within(frame.positions, frame.cell, i, j, shift, radius, min_d2)
-        # every pair but i -> i at shift 0 (only with min_d2 < 0), which is its own reverse
-        pieces.append(with_mirrors(pairs, np.flatnonzero((pairs[0] != pairs[1]) | pairs[2].any(1))))
+        # every pair but i -> i at shift 0 (only min_d2 < 0 admits it), its own reverse
+        mirror = None if min_d2 >= 0 else np.flatnonzero((pairs[0] != pairs[1]) | pairs[2].any(1))
+        pieces.append(with_mirrors(pairs, mirror))
     return pieces
 
 
@@ -385,7 +386,9 @@ def _binned_search(
     for i, j, image in _binned_candidates(
         wrapped, bins, n_bins, offsets, periodic, frame.basis, radius, min_d2
     ):
-        yield i, j, image - wrap[j] + wrap[i]
+        image -= _take(wrap, j)
+        image += _take(wrap, i)
+        yield i, j, image
 
 
 def _forward_half(offsets: np.ndarray) -> np.ndarray:
@@ -404,10 +407,10 @@ def _forward_half(offsets: np.ndarray) -> np.ndarray:
 Pairs = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
 
-def with_mirrors(pairs: Pairs, mirror: np.ndarray) -> Pairs:
+def with_mirrors(pairs: Pairs, mirror: np.ndarray | None = None) -> Pairs:
     """``pairs`` found in one direction, plus the reverse edge ``j -> i`` at image ``-shift``
-    of each pair ``mirror`` indexes: the edges a search in both directions finds, from half its
-    candidates (the reverse of a pair within the cutoff is within it too).
+    of each pair ``mirror`` indexes (None: of every pair): the edges a search in both directions
+    finds, from half its candidates (the reverse of a pair within the cutoff is within it too).
 
     The reverse vector is ``-r`` bit for bit, zeros aside: ``r`` is ``(p_j - p_i) + shift @ cell``
     (:func:`edge_vectors`) and negating every operand of an IEEE sum or product negates its
@@ -417,14 +420,19 @@ def with_mirrors(pairs: Pairs, mirror: np.ndarray) -> Pairs:
     their order are those of a search in both directions, bit for bit.
     """
     src, dst, shift, r, d2 = pairs
-    reverse = -_take(r, mirror)
+    if mirror is None:
+        back_src, back_dst, back_shift, back_r, back_d2 = dst, src, shift, r, d2
+    else:
+        back_src, back_dst, back_d2 = dst.take(mirror), src.take(mirror), d2.take(mirror)
+        back_shift, back_r = _take(shift, mirror), _take(r, mirror)
+    reverse = -back_r
     reverse += 0.0
     return (
-        np.concatenate([src, dst.take(mirror)]),
-        np.concatenate([dst, src.take(mirror)]),
-        np.concatenate([shift, -_take(shift, mirror)]),
+        np.concatenate([src, back_src]),
+        np.concatenate([dst, back_dst]),
+        np.concatenate([shift, -back_shift]),
         np.concatenate([r, reverse]),
-        np.concatenate([d2, d2.take(mirror)]),
+        np.concatenate([d2, back_d2]),
     )
 
 
@@ -672,7 +680,7 @@ def _binned_candidates(
     Atoms are sorted by linear bin id, so a bin's atoms are a contiguous run found with
     ``searchsorted``; runs are expanded without Python loops (repeat + arange). Periodic bin
     indices wrap, and the wrap count is the image of the neighbour. Chunked over source atoms to
-    bound memory; the screen uses one gather and one add per candidate. With the forward half of
+    bound memory; the screen gathers and adds one coordinate at a time. With the forward half of
     the offsets (:func:`_forward_half`) and, in the atom's own bin, only ``j >= i``, each pair is
     a candidate in one direction (``i -> i`` at image 0 only passes the screen if ``min_d2 < 0``).
     """
@@ -701,9 +709,12 @@ def _binned_candidates(
     count = np.where(valid, np.searchsorted(sorted_ids, tid, side="right") - start, 0)
     start, count = start.take(bin_of, axis=0), count.take(bin_of, axis=0)  # [N, O]
 
-    wrapped_sorted = _take(wrapped, order)
-    # image offset - own position, per atom and offset
+    # Axis first ([3, ...]): the screen below gathers and adds single columns, ~7x faster than
+    # rows of three with an einsum for |r|² (measured on Si 512's 57,000 candidates).
+    sorted_axes = np.ascontiguousarray(_take(wrapped, order).T)
+    # image offset - own position, per atom and offset: [3, N, O]
     slot_base = _take(_times_cell(image, basis), bin_of) - wrapped[:, None, :]
+    base_axes = np.ascontiguousarray(slot_base.transpose(2, 0, 1))
     n_off = len(offsets)
     chunk_of = np.cumsum(count.sum(axis=1)) // _CANDIDATE_BUDGET
     for atoms in np.split(np.arange(n), np.flatnonzero(np.diff(chunk_of)) + 1):
@@ -713,18 +724,22 @@ def _binned_candidates(
         total = int(c.sum())
         if total == 0:
             continue
-        owner = np.repeat(np.arange(len(slots)), c)
         jpos = np.repeat(start[atoms].reshape(-1)[slots] - (np.cumsum(c) - c), c)
         jpos += np.arange(total)
-        bases = _take(slot_base, atoms).reshape(-1, 3)
-        r = _take(wrapped_sorted, jpos) + _take(bases, slots[owner])
-        near = np.flatnonzero(_screen(np.einsum("ij,ij->i", r, r), cutoff, min_d2))
-        slot = slots[owner[near]]
+        bases = base_axes[:, atoms[0] : atoms[-1] + 1].reshape(3, -1).take(slots, axis=1)
+        d2 = np.zeros(total)
+        for axis in range(3):
+            delta = sorted_axes[axis].take(jpos)
+            delta += np.repeat(bases[axis], c)
+            delta *= delta
+            d2 += delta
+        near = np.flatnonzero(_screen(d2, cutoff, min_d2))
+        slot = np.repeat(slots, c).take(near)
         i = atoms[slot // n_off]
         j = order[jpos[near]]
         one_way = np.flatnonzero((slot % n_off != own) | (j >= i))
         i, j, slot = i.take(one_way), j.take(one_way), slot.take(one_way)
-        yield i, j, image[bin_of.take(i), slot % n_off]
+        yield i, j, _take(image.reshape(-1, 3), bin_of.take(i) * n_off + slot % n_off)
 
 
 def _rank_in_source(src: np.ndarray, n_atoms: int) -> np.ndarray:
