@@ -133,14 +133,33 @@ def test_small_oblique_cells_with_long_cutoffs() -> None:
             assert_matches_brute_force(positions, cell, (True, True, True), cutoff)
 
 
-def test_cell_list_path_matches_brute_force() -> None:
-    """A cell several cutoffs wide, so atoms are binned (with wrapped bins and unwrapped atoms)."""
+def test_cell_list_path_matches_brute_force(monkeypatch) -> None:
+    """A cell several cutoffs wide, searched by the cell lists (wrapped bins, unwrapped atoms).
+
+    Sixty atoms would take the dense path, so the test lowers its limit and checks that the
+    cell lists ran."""
+    searches = _cell_lists_forced(monkeypatch)
     rng = np.random.default_rng(21)
     _, cell = random_structure(0, n_atoms=1)
     cell = cell * 3.0
     positions = rng.uniform(size=(60, 3)) @ cell + rng.integers(-1, 2, size=(60, 3)) @ cell
     assert_matches_brute_force(positions, cell, (True, True, True), cutoff=3.2)
     assert_matches_brute_force(positions, cell, (True, False, True), cutoff=3.2)
+    assert len(searches) == 2
+
+
+def _cell_lists_forced(monkeypatch) -> list:
+    """Send every search that may use the cell lists to them (small structures would take the
+    dense path); returns the list that records each cell-list search."""
+    import alignn_torch.graphs.neighbors as neighbors
+
+    searches: list = []
+    binned_search = neighbors._binned_search
+    monkeypatch.setattr(
+        neighbors, "_binned_search", lambda *a: searches.append(a) or binned_search(*a)
+    )
+    monkeypatch.setattr(neighbors, "_DENSE_CANDIDATES", 0)
+    return searches
 
 
 def _both_searches(monkeypatch, positions, cell, pbc, cutoff, **options):
@@ -148,12 +167,7 @@ def _both_searches(monkeypatch, positions, cell, pbc, cutoff, **options):
     and through the dense all-pairs path (both directions searched)."""
     import alignn_torch.graphs.neighbors as neighbors
 
-    searches = []
-    binned_search = neighbors._binned_search
-    monkeypatch.setattr(
-        neighbors, "_binned_search", lambda *a: searches.append(a) or binned_search(*a)
-    )
-    monkeypatch.setattr(neighbors, "_DENSE_CANDIDATES", 0)
+    searches = _cell_lists_forced(monkeypatch)
     binned = radius_neighbors(positions, cell, pbc, cutoff, **options)
     assert searches, "the cell lists were not used"
     monkeypatch.setattr(neighbors, "_DENSE_CANDIDATES", 10**12)

@@ -7,7 +7,8 @@ atom (O(K·N²) time and memory) and assumes wrapped coordinates. Here atoms are
 atoms of the adjacent bins, and each pair is met in one direction only (the forward half of the
 bin offsets): the reverse edge is its mirror, ``-r`` exactly, which halves the candidates.
 Periodicity is handled by wrapping bin indices. Small structures
-(up to a few hundred atoms, or any cell that would hold a single bin) take a dense path instead,
+(up to a few hundred atoms, or any cell the cell lists would cut into at most two bins per
+axis) take a dense path instead,
 which has less bookkeeping: every pair at its nearest image (the rounded fractional difference),
 plus the few further images a cell narrower than two cutoffs needs, so cells in which an atom
 sees its own images work too. In both paths offsets whose nearest possible pair is beyond the
@@ -56,10 +57,11 @@ _BINS_PER_CUTOFF = 1
 #: :func:`_inner_radius`); larger wastes work, smaller makes the fallback to the full radius common
 _INNER_COUNT = 2.0
 #: the dense path (every atom against every atom at every needed image) is taken when the cell
-#: lists would hold a single bin, or while it has at most this many candidates: beyond, the cell
-#: lists' fixed bookkeeping pays off (measured: 512 Si atoms, 262,144 pairs, are 1.3-1.8x faster
-#: binned; a few dozen atoms at a few dozen images are faster dense)
-_DENSE_CANDIDATES = 65536
+#: lists would have at most two bins per axis (:func:`_few_bins`), or while it has at most this
+#: many candidates: beyond, the cell lists' fixed bookkeeping pays off (measured after the cell
+#: lists' one-way search, capped at 8 Å, fcc Cu: 256 atoms, 65,536 candidates, 1.45x faster dense;
+#: 320 atoms, 102,400, 1.1x; 400, 160,000, even; 500, 250,000, 1.5x faster binned)
+_DENSE_CANDIDATES = 131_072
 _CORNERS = np.array([[a, b, c] for a in (-1, 1) for b in (-1, 1) for c in (-1, 1)], dtype=float)
 
 
@@ -352,7 +354,7 @@ def _pairs(frame: _Frame, radius: float, min_d2: float) -> list[Pairs]:
     periodic = frame.periodic
     n = frame.frac.shape[0]
     images = _dense_images(frame.frac, periodic, frame.basis, reach, radius)
-    if n * n * len(images) <= _DENSE_CANDIDATES or _single_bin(frame.frac, periodic, reach):
+    if n * n * len(images) <= _DENSE_CANDIDATES or _few_bins(frame.frac, periodic, reach):
         candidates = _dense_candidates(frame.frac, periodic, frame.basis, images, radius, min_d2)
         return [
             pairs_within(frame.positions, frame.cell, i, j, shift, radius, min_d2)
@@ -367,10 +369,17 @@ def _pairs(frame: _Frame, radius: float, min_d2: float) -> list[Pairs]:
     return pieces
 
 
-def _single_bin(frac: np.ndarray, periodic: np.ndarray, reach: np.ndarray) -> bool:
-    """Whether :func:`_bin_layout` would put every atom in one bin (then cell lists only add
-    bookkeeping to the dense path)."""
-    return bool(np.all(np.where(periodic, reach >= 0.5, np.ptp(frac, axis=0) < reach)))
+def _few_bins(frac: np.ndarray, periodic: np.ndarray, reach: np.ndarray) -> bool:
+    """Whether :func:`_bin_layout` would cut no periodic axis into more than two bins and leave
+    every other axis one bin; then the dense path screens fewer candidates than the cell lists.
+
+    With ``m <= 2`` bins on an axis, the three bins an atom scans (offsets -1, 0, +1) span 1.5
+    cell widths or more, against the one width of a nearest image (which such a cell, at least
+    twice the reach wide, needs alone). Measured on fcc cells of 500-1,372 atoms, uncapped at
+    8-10 Å with two bins per axis: the dense path 1.2-1.33x faster; with one or two bins mixed,
+    0.93-1.16x; from three bins per axis the cell lists win (1.34x at 1,372 atoms).
+    """
+    return bool(np.all(np.where(periodic, reach >= 1.0 / 3.0, np.ptp(frac, axis=0) < reach)))
 
 
 def _binned_search(
