@@ -182,8 +182,7 @@ def _bin_layout(
     widths = np.ones(3)
     for k in range(3):
         if pbc[k]:
-            # Strictly fewer than _BINS_PER_CUTOFF / reach bins so that span <= _BINS_PER_CUTOFF.
-            m = max(1, int(np.ceil(_BINS_PER_CUTOFF / reach[k])) - 1)
+            m = int(_periodic_bins(reach[k]))
             if m > 1:
                 bins[:, k] = np.clip(np.floor(frac[:, k] * m).astype(np.int64), 0, m - 1)
             width = 1.0 / m
@@ -199,6 +198,12 @@ def _bin_layout(
         widths[k] = width
         span[k] = int(np.floor(reach[k] / width)) + 1
     return n_bins, bins, span, widths
+
+
+def _periodic_bins(reach: np.ndarray | float) -> np.ndarray:
+    """Bins along a periodic axis of fractional ``reach``: strictly fewer than
+    ``_BINS_PER_CUTOFF / reach``, so that ``span <= _BINS_PER_CUTOFF`` (:func:`_bin_layout`)."""
+    return np.maximum(1, np.ceil(_BINS_PER_CUTOFF / np.asarray(reach)).astype(np.int64) - 1)
 
 
 def _bin_offsets(
@@ -379,7 +384,8 @@ def _few_bins(frac: np.ndarray, periodic: np.ndarray, reach: np.ndarray) -> bool
     8-10 Å with two bins per axis: the dense path 1.2-1.33x faster; with one or two bins mixed,
     0.93-1.16x; from three bins per axis the cell lists win (1.34x at 1,372 atoms).
     """
-    return bool(np.all(np.where(periodic, reach >= 1.0 / 3.0, np.ptp(frac, axis=0) < reach)))
+    one_bin = np.ptp(frac, axis=0) < reach  # a non-periodic axis: its extent within the reach
+    return bool(np.all(np.where(periodic, _periodic_bins(reach) <= 2, one_bin)))
 
 
 def _binned_search(
