@@ -22,7 +22,7 @@ from alignn_torch.graphs.neighbors import _shift_vectors, _times_cell, radius_ne
 from alignn_torch.graphs.strategies import k_nearest_edges, radius_graph_edges
 
 from alignn_core.config.graph_settings import GraphSettings
-from alignn_core.errors import ConfigError
+from alignn_core.errors import ConfigError, DataError
 from alignn_core.protocols import GraphBackend
 from alignn_core.structures import Structure
 
@@ -131,6 +131,32 @@ def test_small_oblique_cells_with_long_cutoffs() -> None:
         longest = np.linalg.norm(diagonal @ cell)
         for cutoff in (1.1 * longest, rng.uniform(3.0, 6.0)):
             assert_matches_brute_force(positions, cell, (True, True, True), cutoff)
+
+
+def test_a_nearly_flat_cell_is_refused_instead_of_exhausting_memory() -> None:
+    """Lattice planes 1e-4 Å apart pass the degeneracy test (the vectors are orthogonal), yet a
+    search would need millions of images and once asked numpy for hundreds of GiB: it is refused
+    with a clear error. (A K-capped search may still finish within its small first radius: the
+    nearest neighbours are then the atoms' own images.) Dropping the axis from pbc, as the message
+    suggests, is searched; so is a real cell that needs tens of thousands of images."""
+    flat = np.diag([5.0, 5.0, 1e-4])
+    positions = np.random.default_rng(3).uniform(size=(10, 3)) @ flat
+    with pytest.raises(DataError) as info:
+        radius_neighbors(positions, flat, (True, True, True), 8.0)
+    assert str(info.value) == (
+        "the periodic cell is only 0.0001 Å wide between lattice planes and would need over "
+        "1,000,000 periodic images; check its lattice vectors, or set pbc False on an axis "
+        "without one"
+    )
+    assert_matches_brute_force(positions, flat, (True, True, False), 8.0)
+
+    # a 1 Å simple cubic cell at 20 Å: 41³ = 68,921 images; every lattice point within 20 Å
+    edges = radius_neighbors(np.zeros((1, 3)), np.eye(3), (True, True, True), 20.0)
+    grid = np.stack(np.meshgrid(*[np.arange(-20, 21)] * 3, indexing="ij"), -1).reshape(-1, 3)
+    norm2 = (grid**2).sum(1)
+    expected = {tuple(o) for o in grid[(norm2 > 0) & (norm2 <= 400)].tolist()}
+    assert len(edges) == len(expected)
+    assert {tuple(o) for o in edges.shift.tolist()} == expected
 
 
 def test_cell_list_path_matches_brute_force(monkeypatch) -> None:

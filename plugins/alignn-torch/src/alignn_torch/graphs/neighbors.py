@@ -34,6 +34,7 @@ Everything is computed in float64; the backend casts to the model dtype afterwar
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -62,6 +63,10 @@ _INNER_COUNT = 2.0
 #: lists' one-way search, capped at 8 Å, fcc Cu: 256 atoms, 65,536 candidates, 1.45x faster dense;
 #: 320 atoms, 102,400, 1.1x; 400, 160,000, even; 500, 250,000, 1.5x faster binned)
 _DENSE_CANDIDATES = 131_072
+#: periodic images a search may need for one cell before it is refused as malformed. Real cells
+#: need far fewer (a 1 Å cell at a 20 Å cutoff: 41³ = 68,921); a nearly flat lattice, which still
+#: passes the degeneracy test of :func:`search_cell`, would need millions and exhaust memory
+MAX_IMAGES = 1_000_000
 _CORNERS = np.array([[a, b, c] for a in (-1, 1) for b in (-1, 1) for c in (-1, 1)], dtype=float)
 
 
@@ -307,6 +312,7 @@ def radius_neighbors(
     if n == 0 or not cutoff > 0:
         return _empty()
     frame = _Frame.of(positions, cell, pbc)
+    _refuse_flat_cells(frame, float(cutoff))
     k = int(max_neighbors or 0)
     inner = _inner_radius(frame, k, float(cutoff))
     if inner is not None:
@@ -607,7 +613,7 @@ def _dense_images(
     offset is also dropped when even the nearest point of the box of ``d`` is beyond ``radius``
     (``|o @ basis| - max |d @ basis| > radius``): the image box becomes close to a sphere.
     """
-    counts = np.where(periodic, np.floor(reach + 0.5), 0).astype(np.int64)
+    counts = _image_counts(periodic, reach)
     grid = _offset_grid(int(counts[0]), int(counts[1]), int(counts[2]))
     if len(grid) == 1:
         return grid
@@ -615,6 +621,30 @@ def _dense_images(
     box_radius = np.sqrt(_row_sq(_times_cell(_CORNERS * half, basis)).max())
     centre = np.sqrt(_row_sq(_times_cell(grid, basis)))
     return grid[centre - box_radius <= radius * (1 + _MARGIN) + 1e-9]
+
+
+def _image_counts(periodic: np.ndarray, reach: np.ndarray) -> np.ndarray:
+    """Per axis the image range ``[-c, c]`` of :func:`_dense_images` (0 on non-periodic axes)."""
+    return np.where(periodic, np.floor(reach + 0.5), 0).astype(np.int64)
+
+
+def _refuse_flat_cells(frame: _Frame, cutoff: float) -> None:
+    """Raise :class:`DataError` when searching ``cutoff`` would need more than
+    :data:`MAX_IMAGES` periodic images, before any array that large exists.
+
+    Checked at the full cutoff, so a K-capped search, which may finish within a smaller first
+    radius, refuses the same cells as an uncapped one. The cell lists would scan as many bins.
+    """
+    periodic = frame.periodic
+    reach = cutoff * frame.dual_lengths * (1 + _MARGIN)
+    if math.prod(2 * int(c) + 1 for c in _image_counts(periodic, reach)) <= MAX_IMAGES:
+        return
+    width = 1.0 / float(frame.dual_lengths[periodic].max())  # between lattice planes
+    raise DataError(
+        f"the periodic cell is only {width:.3g} Å wide between lattice planes and would need "
+        f"over {MAX_IMAGES:,} periodic images; check its lattice vectors, or set pbc False on an "
+        "axis without one"
+    )
 
 
 @functools.lru_cache(maxsize=64)
