@@ -26,6 +26,9 @@ POSCAR = (EXAMPLES / "props" / "POSCAR-JVASP-10.vasp").read_text()
 FLAT_POSCAR = "\n".join(
     [*POSCAR.splitlines()[:2], "1 0 0", "2 0 0", "0 0 1", *POSCAR.splitlines()[5:]]
 )  # two parallel lattice vectors: zero volume
+THIN_POSCAR = "\n".join(
+    [*POSCAR.splitlines()[:2], "5 0 0", "0 5 0", "0 0 0.0001", *POSCAR.splitlines()[5:]]
+)  # a volume the reader accepts, lattice planes 1e-4 Å apart: the neighbour search refuses it
 
 
 def _config(path: Path, example: str = "props", model: dict | None = None, **changes) -> Path:
@@ -139,6 +142,10 @@ loop_
          "('utf-8' codec can't decode byte 0xff in position 0: invalid start byte)"),
         ("flat.vasp,1\n", {"flat.vasp": FLAT_POSCAR},
          "{d}/flat.vasp: lattice is degenerate (cell volume 0 Å^3)"),
+        ("a.vasp,1\nthin.vasp,1\n" * 6, {"a.vasp": POSCAR, "thin.vasp": THIN_POSCAR},
+         "structure 'thin.vasp': the periodic cell is only 0.0001 Å wide between lattice planes "
+         "and would need over 1,000,000 periodic images; check its lattice vectors, or set pbc "
+         "False on an axis without one"),
         ("folder.vasp,1\n", {"folder.vasp": None},
          "{d}/folder.vasp: is a directory, expected a structure file"),
         ("a.vasp\n", GOOD, "{d}/id_prop.csv:1: expected 'structure_file,target[,...]', got "
@@ -149,8 +156,8 @@ loop_
         ("\n\n", {}, "{d}/id_prop.csv: dataset is empty"),
     ],
     ids=["nan-target", "inf-target", "minus-inf-second-target", "malformed-cif", "malformed-xyz",
-         "binary-poscar", "zero-volume-lattice", "directory-not-file", "no-target-column",
-         "ragged-targets", "empty-csv", "blank-csv"],
+         "binary-poscar", "zero-volume-lattice", "thin-lattice", "directory-not-file",
+         "no-target-column", "ragged-targets", "empty-csv", "blank-csv"],
 )  # fmt: skip
 def test_bad_csv_data(run_cli, tmp_path, earlier, rows, files, message):
     data = _csv_data(tmp_path / "data", rows, files)
@@ -207,11 +214,12 @@ def test_root_dir_that_is_a_file(run_cli, tmp_path, earlier):
                     "must be the folder holding id_prop")  # fmt: skip
 
 
-def test_output_dir_that_is_a_file(run_cli, tmp_path):
+@pytest.mark.parametrize("extra", [[], ["--overwrite"]], ids=["plain", "overwrite"])
+def test_output_dir_that_is_a_file(run_cli, tmp_path, extra):
     target = tmp_path / "results.txt"
     target.write_text("precious")
     line = _error_line(run_cli, "run", _config(tmp_path / "c.json"), "--root-dir",
-                       EXAMPLES / "props", "--output-dir", target)  # fmt: skip
+                       EXAMPLES / "props", "--output-dir", target, *extra)  # fmt: skip
     assert line == f"error: {target}: exists and is not a directory; choose another --output-dir"
     assert target.read_text() == "precious"
 

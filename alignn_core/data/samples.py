@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from alignn_core.config.graph_settings import GraphSettings
+from alignn_core.errors import DataError
 from alignn_core.structures import Record, Structure
 
 #: structures per ``build_many`` call: bounds the memory of a batched build
@@ -24,26 +25,51 @@ ATOM_TARGETS = ("forces", "atomwise")
 
 
 def built_graphs(
-    backend: Any, structures: Sequence[Structure], settings: GraphSettings, chunk: int = BUILD_CHUNK
+    backend: Any,
+    structures: Sequence[Structure],
+    settings: GraphSettings,
+    chunk: int = BUILD_CHUNK,
+    labels: Sequence[str] | None = None,
 ) -> Iterator[Any]:
     """``backend.build(structure, settings)`` for each structure, in order.
 
     Through the backend's optional ``build_many`` in chunks of ``chunk`` when it has one. A
     chunk that raises is built again one structure at a time, so a bad structure fails exactly
-    as :meth:`build` fails on it (the same error, for the first bad entry).
+    as :meth:`build` fails on it (the same error, for the first bad entry). ``labels`` (record
+    ids, one per structure) name that entry in a :class:`DataError`: the backend sees a
+    structure, not where it came from.
     """
     build_many = getattr(backend, "build_many", None)
-    if build_many is None:
-        for structure in structures:
-            yield backend.build(structure, settings)
-        return
     for start in range(0, len(structures), chunk):
         part = structures[start : start + chunk]
-        try:
-            graphs = build_many(part, settings)
-        except Exception:  # rebuilt one by one below, which raises build's own error
-            graphs = (backend.build(structure, settings) for structure in part)
-        yield from graphs
+        graphs = _built_together(build_many, part, settings)
+        if graphs is not None:
+            yield from graphs
+            continue
+        for offset, structure in enumerate(part):
+            label = None if labels is None else labels[start + offset]
+            yield _built_alone(backend, structure, settings, label)
+
+
+def _built_together(build_many: Any, part: Sequence[Structure], settings: GraphSettings):
+    """``build_many(part, settings)`` as a list, or None when there is none or it raises (the
+    part is then built one structure at a time, which raises build's own error)."""
+    if build_many is None:
+        return None
+    try:
+        return list(build_many(part, settings))
+    except Exception:
+        return None
+
+
+def _built_alone(backend: Any, structure: Structure, settings: GraphSettings, label: str | None):
+    """``backend.build(structure, settings)``; its :class:`DataError` names ``label``."""
+    try:
+        return backend.build(structure, settings)
+    except DataError as exc:
+        if label is None:
+            raise
+        raise DataError(f"structure {label!r}: {exc}") from None
 
 
 @dataclass

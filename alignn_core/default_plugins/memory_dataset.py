@@ -45,7 +45,8 @@ class MemoryDatasetProvider:
         indices = list(indices) if indices is not None else list(range(len(records)))
         samples = []
         structures = [records[index].structure for index in indices]
-        graphs = built_graphs(backend, structures, settings)
+        labels = [records[index].id for index in indices]
+        graphs = built_graphs(backend, structures, settings, labels=labels)
         for index, graph in zip(indices, graphs, strict=True):
             record = records[index]
             samples.append(

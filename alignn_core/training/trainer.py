@@ -173,10 +173,12 @@ class Trainer:
         """Refuse, before anything is read or written, to replace a run that ``--overwrite`` or
         ``resume_checkpoint`` was not asked for: a finished one, or one that could be resumed."""
         out = self.output_dir
-        if not self.dist.is_main or self.overwrite or self.config.resume_checkpoint:
+        if not self.dist.is_main:
             return
         if out.exists() and not out.is_dir():
             raise UserError(f"{out}: exists and is not a directory; choose another --output-dir")
+        if self.overwrite or self.config.resume_checkpoint:
+            return
         if (out / FINISHED_MARKER).exists():
             raise UserError(
                 f"{out}: holds a finished run; choose another --output-dir, pass --overwrite, "
@@ -190,13 +192,12 @@ class Trainer:
             )
 
     def _prepare_output_dir(self) -> None:
-        """Called once the config, the data and any checkpoint to resume have been checked, so
-        a mistake leaves the output directory as it was."""
+        """Called once the config, the data and any checkpoint to resume have been checked and
+        the graphs built (which can still reject a structure), so a mistake leaves the output
+        directory as it was (a graph cache under it aside, which is atomic)."""
         out = self.output_dir
         if not self.dist.is_main:
             return
-        if out.exists() and not out.is_dir():
-            raise UserError(f"{out}: exists and is not a directory; choose another --output-dir")
         out.mkdir(parents=True, exist_ok=True)
         remove_temp_files(out)  # of writes a killed run left unfinished
         if self.overwrite and not self.config.resume_checkpoint:
@@ -287,6 +288,11 @@ class Trainer:
         for warning in config.model.dataset_warnings(elements):
             self.console.print(f"[yellow]warning:[/] {escape(warning)}", soft_wrap=True)
         resume = self._read_resume() if config.resume_checkpoint else None
+        self.console.print(
+            f"{len(records)} structures: {len(split.train)} train, {len(split.val)} val, "
+            f"{len(split.test)} test; device {self.device}"
+        )
+        datasets = self._datasets(records, split)  # may still find a bad structure
         self._prepare_output_dir()
         if self.dist.is_main:
             save_json(
@@ -294,11 +300,6 @@ class Trainer:
                  for name in ("train", "val", "test")},
                 self.output_dir / "ids_train_val_test.json",
             )  # fmt: skip
-        self.console.print(
-            f"{len(records)} structures: {len(split.train)} train, {len(split.val)} val, "
-            f"{len(split.test)} test; device {self.device}"
-        )
-        datasets = self._datasets(records, split)
         seed_everything(config.random_seed, config.deterministic, self.device)
         model = self._build_model().to(self.device, self.dtype)
         train_model = self.dist.wrap(model, self.device, config)

@@ -186,8 +186,16 @@ def test_built_graphs_uses_build_many_in_chunks_and_falls_back_per_structure() -
         assert_identical(graph, build_graph(structure, MLEARN))
 
     bad = Structure(numbers=[150], positions=[[0, 0, 0]], cell=np.eye(3) * 3)
-    with pytest.raises(DataError, match="atomic number 150"):
+    with pytest.raises(DataError) as expected:
+        build_graph(bad, MLEARN)
+    with pytest.raises(DataError) as got:
         list(built_graphs(backend, [*structures[:2], bad], MLEARN, chunk=3))
+    assert str(got.value) == str(expected.value)
+    # with record ids, the error names the entry (the backend only sees a structure)
+    with pytest.raises(DataError) as labelled:
+        list(built_graphs(backend, [*structures[:4], bad], MLEARN, chunk=3,
+                          labels=["a", "b", "c", "d", "JVASP-bad"]))  # fmt: skip
+    assert str(labelled.value) == f"structure 'JVASP-bad': {expected.value}"
 
 
 def test_graphs_of_one_call_do_not_share_rows() -> None:

@@ -166,7 +166,8 @@ def encode_samples(records: Sequence[Record], indices: Sequence[int], backend: A
     graphs are built together where the backend can
     (:func:`~alignn_core.data.samples.built_graphs`)."""
     structures = [records[index].structure for index in indices]
-    graphs = built_graphs(backend, structures, settings)
+    labels = [records[index].id for index in indices]
+    graphs = built_graphs(backend, structures, settings, labels=labels)
     for index, graph in zip(indices, graphs, strict=True):
         yield encode_graph(records[index], index, backend, graph, target_scale)
 
