@@ -70,12 +70,19 @@ def test_predict_a_folder_to_json(run_cli, model_dir, tmp_path):
         (["{model}", "{tmp}/bad.vasp"], "error: {tmp}/bad.vasp: cannot read structure (The "
          "number of scaling factors must be 1 or 3.)"),
         (["{model}", "{tmp}/missing.vasp"], "error: {tmp}/missing.vasp: structure file not found"),
+        (["{model}", "{tmp}/POSCAR-cu3au", "{tmp}/thin.vasp"], "error: structure 'thin.vasp': the "
+         "periodic cell is only 1e-05 Å wide between lattice planes and would need over "
+         "1,000,000 periodic images; check its lattice vectors, or set pbc False on an axis "
+         "without one"),
         (["{model}", "{tmp}/POSCAR-cu3au", "--forces", "{tmp}/f.txt"], "error: --forces "
          "{tmp}/f.txt: unsupported extension '.txt'; use .extxyz, .xyz or .json"),
     ],
 )  # fmt: skip
 def test_predict_mistakes(run_cli, model_dir, files, args, message):
     (files / "bad.vasp").write_text("not a poscar\n")
+    thin = cu_atoms()
+    thin.set_cell(np.diag([5.0, 5.0, 1e-5]))  # a volume the reader accepts, planes 1e-5 Å apart
+    write(files / "thin.vasp", thin, format="vasp")
     argv = [a.format(tmp=files, model=model_dir) for a in args]
     code, _, err = run_cli("predict", *argv, "--no-progress")
     assert code == 2

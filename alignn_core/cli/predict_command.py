@@ -61,10 +61,8 @@ def predict(
                   TimeRemainingColumn(), console=err_console, transient=True,
                   disable=not progress) as bar:  # fmt: skip
         task = bar.add_task("predict", total=len(items))
-        predictions = loaded.predict([item.structure for item in items], batch_size=batch_size,
+        predictions = loaded.predict(items, batch_size=batch_size,
                                      progress=lambda n: bar.advance(task, n))  # fmt: skip
-    for item, prediction in zip(items, predictions, strict=True):
-        prediction.label, prediction.source, prediction.frame = item.label, item.source, item.frame
     write_csv(output, predictions)
     if forces is not None:
         write_forces(forces, force_format or "json", predictions)

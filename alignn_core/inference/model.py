@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from alignn_core.config.graph_settings import GraphSettings
+from alignn_core.data.samples import built_graphs
 from alignn_core.errors import ModelError
 from alignn_core.inference.structures import LabelledStructure, gather
 from alignn_core.structures import Structure
@@ -277,7 +278,8 @@ class InferenceModel:
         return results
 
     def _predict_batch(self, chunk: list[LabelledStructure], gradients: bool) -> list[Prediction]:
-        graphs = [self.backend.build(item.structure, self.settings) for item in chunk]
+        graphs = list(built_graphs(self.backend, [item.structure for item in chunk], self.settings,
+                                   labels=[item.label for item in chunk]))  # fmt: skip
         output = self.forward(self.backend.collate(graphs), gradients=gradients)
         counts = [item.structure.n_atoms for item in chunk]
         starts = np.cumsum([0, *counts])

@@ -79,14 +79,17 @@ def gather(items: Any) -> Iterator[LabelledStructure]:
     """Yield labelled structures from one item or an iterable of items.
 
     Items: ``ase.Atoms``, :class:`Structure`, a path (str/Path) to a structure file (every frame)
-    or to a folder of them. In-memory objects are labelled by their position in the input.
+    or to a folder of them, or a :class:`LabelledStructure` (kept as it is). In-memory objects
+    are labelled by their position in the input.
     """
-    if isinstance(items, (str, Path, Structure)) or _is_atoms(items):
+    if isinstance(items, (str, Path, Structure, LabelledStructure)) or _is_atoms(items):
         items = [items]
     if not isinstance(items, Iterable):
         raise TypeError(f"expected structures, paths or ase.Atoms, got {type(items).__name__}")
     for index, item in enumerate(items):
-        if isinstance(item, Structure):
+        if isinstance(item, LabelledStructure):
+            yield item
+        elif isinstance(item, Structure):
             yield LabelledStructure(str(index), item)
         elif _is_atoms(item):
             yield LabelledStructure(str(index), structure_from_atoms(item))
