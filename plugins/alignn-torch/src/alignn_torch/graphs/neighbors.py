@@ -613,7 +613,7 @@ def _dense_images(
     offset is also dropped when even the nearest point of the box of ``d`` is beyond ``radius``
     (``|o @ basis| - max |d @ basis| > radius``): the image box becomes close to a sphere.
     """
-    counts = _image_counts(periodic, reach)
+    counts = np.where(periodic, np.floor(reach + 0.5), 0).astype(np.int64)
     grid = _offset_grid(int(counts[0]), int(counts[1]), int(counts[2]))
     if len(grid) == 1:
         return grid
@@ -623,11 +623,6 @@ def _dense_images(
     return grid[centre - box_radius <= radius * (1 + _MARGIN) + 1e-9]
 
 
-def _image_counts(periodic: np.ndarray, reach: np.ndarray) -> np.ndarray:
-    """Per axis the image range ``[-c, c]`` of :func:`_dense_images` (0 on non-periodic axes)."""
-    return np.where(periodic, np.floor(reach + 0.5), 0).astype(np.int64)
-
-
 def _refuse_flat_cells(frame: _Frame, cutoff: float) -> None:
     """Raise :class:`DataError` when searching ``cutoff`` would need more than
     :data:`MAX_IMAGES` periodic images, before any array that large exists.
@@ -635,7 +630,7 @@ def _refuse_flat_cells(frame: _Frame, cutoff: float) -> None:
     Checked at the full cutoff, so a K-capped search, which may finish within a smaller first
     radius, refuses the same cells as an uncapped one. The cell lists would scan as many bins.
     """
-    # as _image_counts of the cutoff's reach, in Python floats: numpy costs ~2% of a small build
+    # the image box of _dense_images at the cutoff, in Python floats (numpy: ~2% of a small build)
     images = 1
     for periodic, dual_length in zip(frame.pbc, frame.dual_lengths.tolist(), strict=True):
         if periodic:
